@@ -1,0 +1,83 @@
+"""Small models with the shapes that make cutting hard: skips, branches, several in/outputs."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class Chain(nn.Module):
+    """A plain MLP-ish chain."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(16, 32)
+        self.act = nn.ReLU()
+        self.fc2 = nn.Linear(32, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class SkipNet(nn.Module):
+    """Conv net with a residual skip and a two-way branch joined by concatenation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.a = nn.Conv2d(8, 8, 3, padding=1)
+        self.b1 = nn.Conv2d(8, 4, 1)
+        self.b2 = nn.Conv2d(8, 4, 3, padding=1)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.bn(self.stem(x)))
+        y = torch.relu(self.a(y) + y)
+        y = torch.cat([self.b1(y), self.b2(y)], dim=1)
+        return self.head(y.mean(dim=(2, 3)))
+
+
+class TwoInTwoOut(nn.Module):
+    """Two inputs (floats and an int mask), a dict output, and a buffer sliced per call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("pos", torch.arange(64).float().unsqueeze(0), persistent=False)
+        self.emb = nn.Linear(4, 12)
+        self.layers = nn.ModuleList(nn.Linear(12, 12) for _ in range(3))
+        self.out = nn.Linear(12, 3)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        seq = x.shape[1]
+        h = self.emb(x) + self.pos[:, :seq].unsqueeze(-1)
+        m = mask.unsqueeze(-1).to(h.dtype)
+        for layer in self.layers:
+            h = torch.tanh(layer(h)) * m + h
+        b = x.shape[0]
+        pooled = (h * m).sum(1) / m.sum(1).clamp(min=1)
+        return {"hidden": h.reshape(b, seq, 12), "logits": self.out(pooled)}
+
+
+class DataDependent(nn.Module):
+    """Branches on a tensor's value: neither torch.export nor torch.fx can capture it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.fc(x)
+        if y.sum() > 0:
+            return y * 2
+        return y
+
+
+def build_chain() -> nn.Module:
+    torch.manual_seed(0)
+    return Chain()
+
+
+def build_skipnet() -> nn.Module:
+    torch.manual_seed(0)
+    return SkipNet()
