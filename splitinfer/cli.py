@@ -1,0 +1,197 @@
+"""The ``splitinfer`` command line: export a model to a bundle, inspect it, run the demo.
+
+::
+
+    splitinfer export torchvision.models:resnet18 --example-shape 1,3,224,224 -o bundles/r18
+    splitinfer inspect bundles/r18
+    splitinfer demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import io
+import json
+import logging
+import sys
+from typing import Any, Sequence
+
+from .errors import SplitInferError
+
+log = logging.getLogger("splitinfer")
+
+_INT_DTYPES = {"int64", "int32", "int16", "int8", "uint8", "bool"}
+
+
+def _parse_shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(p) for p in text.replace("x", ",").split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"bad shape {text!r}: use comma-separated positive ints, e.g. 1,3,224,224") from None
+    if not shape or any(d < 1 for d in shape):
+        raise argparse.ArgumentTypeError(f"bad shape {text!r}: every dim must be >= 1")
+    return shape
+
+
+def _load_factory(spec: str) -> Any:
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise SplitInferError(f"bad model {spec!r}: use MODULE:FACTORY, e.g. "
+                              "torchvision.models:resnet18 or mypkg.models:build")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise SplitInferError(f"cannot import {module_name!r} ({exc}); is it installed, or on "
+                              "PYTHONPATH?") from exc
+    obj: Any = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise SplitInferError(f"{module_name} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    return obj
+
+
+def _example_inputs(shapes: Sequence[tuple[int, ...]], dtypes: Sequence[str],
+                    int_high: int, seed: int) -> tuple[Any, ...]:
+    import torch
+
+    if dtypes and len(dtypes) != len(shapes):
+        raise SplitInferError(f"{len(dtypes)} --example-dtype for {len(shapes)} "
+                              "--example-shape; give one dtype per shape, or none")
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for shape, dtype in zip(shapes, list(dtypes) or ["float32"] * len(shapes)):
+        if not hasattr(torch, dtype) or not isinstance(getattr(torch, dtype), torch.dtype):
+            raise SplitInferError(f"unknown --example-dtype {dtype!r}; e.g. float32, int64")
+        if dtype in _INT_DTYPES:
+            high = 2 if dtype == "bool" else int_high
+            out.append(torch.randint(0, high, shape, generator=gen).to(getattr(torch, dtype)))
+        else:
+            out.append(torch.randn(shape, generator=gen).to(getattr(torch, dtype)))
+    return tuple(out)
+
+
+def _quiet_torch(args: argparse.Namespace) -> Any:
+    """torch writes pages of graph dumps when a capture fails; our own error says what matters.
+
+    Returns a context manager that swallows torch's stderr chatter (kept with --log-level DEBUG).
+    """
+    if args.log_level == "DEBUG":
+        return contextlib.nullcontext()
+    import torch._logging
+
+    torch._logging.set_logs(all=logging.ERROR)
+    return contextlib.redirect_stderr(io.StringIO())
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .bundle import export_bundle
+
+    factory = _load_factory(args.model)
+    try:
+        kwargs = json.loads(args.factory_kwargs) if args.factory_kwargs else {}
+    except ValueError as exc:
+        raise SplitInferError(f"--factory-kwargs is not valid JSON ({exc})") from exc
+    if not isinstance(kwargs, dict):
+        raise SplitInferError("--factory-kwargs must be a JSON object, e.g. "
+                              "'{\"num_classes\": 10}'")
+    try:
+        model = factory(**kwargs) if callable(factory) else factory
+    except Exception as exc:  # the user's code: report it, do not dump a traceback
+        raise SplitInferError(f"{args.model}(**{kwargs}) raised {type(exc).__name__}: "
+                              f"{exc}") from exc
+    examples = _example_inputs(args.example_shape, args.example_dtype or [], args.int_high,
+                               args.seed)
+    name = args.name or args.model.rpartition(":")[2].rpartition(".")[2]
+    with _quiet_torch(args):
+        manifest = export_bundle(model, examples, args.output, name=name,
+                                 version=args.version, overwrite=args.force,
+                                 max_cut_tensors=args.max_cut_tensors)
+    print(f"wrote bundle {args.output}: {manifest.name} v{manifest.version}, "
+          f"{len(manifest.cuts)} cuts, fingerprint {manifest.fingerprint[:16]}")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from .bundle import read_manifest
+
+    m = read_manifest(args.bundle)
+    if args.json:
+        print(json.dumps(m.to_json(), indent=2))
+        return 0
+    print(f"{m.name} v{m.version}  capture={m.capture}  fingerprint={m.fingerprint[:16]}")
+    print("inputs:  " + ", ".join(f"{s.name}{list(s.shape)}:{s.dtype}" for s in m.inputs))
+    print("outputs: " + ", ".join(f"{s.name}{list(s.shape)}:{s.dtype}" for s in m.outputs))
+    print(f"{'id':>4}  {'name':<44} {'device FLOPs':>12}  {'KB/sample fp32':>14}  tensors")
+    for c in m.cuts:
+        shapes = " ".join(f"{list(t.shape)}:{t.dtype}" for t in c.tensors)
+        print(f"{c.id:>4}  {c.name[:44]:<44} {c.head_flops_fraction:>11.1%}  "
+              f"{c.nbytes_per_sample / 1024:>14.1f}  {shapes}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(args, quiet=_quiet_torch(args))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="splitinfer", description=__doc__.split("\n")[0])
+    p.add_argument("--log-level", default="WARNING",
+                   choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="logging level")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    e = sub.add_parser("export", help="partition a model and write a bundle")
+    e.add_argument("model", help="MODULE:FACTORY that returns an nn.Module "
+                                 "(e.g. torchvision.models:resnet18)")
+    e.add_argument("--example-shape", type=_parse_shape, action="append", required=True,
+                   help="shape of one example input, dim 0 the batch (repeat for several "
+                        "inputs), e.g. 1,3,224,224")
+    e.add_argument("--example-dtype", action="append",
+                   help="dtype of each example input (default float32), e.g. int64")
+    e.add_argument("--int-high", type=int, default=100,
+                   help="integer example inputs are drawn from [0, INT_HIGH) (default 100)")
+    e.add_argument("--factory-kwargs", help="JSON object passed to FACTORY as keywords")
+    e.add_argument("-o", "--output", required=True, help="bundle directory to write")
+    e.add_argument("--name", help="model name (default: the factory's name)")
+    e.add_argument("--version", default="1", help="model version (default 1)")
+    e.add_argument("--max-cut-tensors", type=int, default=4,
+                   help="offer only cuts where at most this many tensors cross (default 4)")
+    e.add_argument("--seed", type=int, default=0, help="seed for the example inputs")
+    e.add_argument("--force", action="store_true", help="replace an existing bundle")
+    e.set_defaults(func=cmd_export)
+
+    i = sub.add_parser("inspect", help="list a bundle's cuts")
+    i.add_argument("bundle", help="bundle directory")
+    i.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    i.set_defaults(func=cmd_inspect)
+
+    d = sub.add_parser("demo", help="partition a model, encode what crosses each cut, "
+                                    "decode, compare")
+    d.add_argument("--model", default="torchvision.models:resnet18",
+                   help="MODULE:FACTORY (default torchvision.models:resnet18)")
+    d.add_argument("--example-shape", type=_parse_shape, default=(1, 3, 224, 224))
+    d.add_argument("--codecs", default="fp32,fp16,bf16,int8,int8+zstd",
+                   help="comma-separated codecs to compare")
+    d.add_argument("--cuts", type=int, default=8, help="how many cuts to show (spread evenly)")
+    d.add_argument("--out", default=".demo/demo.json", help="where to write the JSON result")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except (SplitInferError, OSError) as exc:
+        print(f"splitinfer {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
