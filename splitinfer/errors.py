@@ -7,7 +7,16 @@
      ├── BundleError                a bundle is missing, corrupt, truncated or mismatched
      ├── CodecError                 a tensor cannot be encoded, or an encoded tensor is refused
      │    └── LimitExceeded         ... because it is over a configured size limit
-     └── WireError                  a protobuf message is malformed (bad dtype, shape, field)
+     ├── WireError                  a protobuf message is malformed (bad dtype, shape, field)
+     └── ServingError               a request the edge node refuses; ``code`` names the gRPC
+          │                         status it maps to (edge_node.servicer maps it, in one place)
+          ├── InvalidRequest        INVALID_ARGUMENT: tensors do not match the cut's specs
+          ├── NotFound              NOT_FOUND: unknown model, version or cut
+          ├── FingerprintMismatch   FAILED_PRECONDITION: head and tail from different models
+          ├── Overloaded            RESOURCE_EXHAUSTED: queue full
+          ├── Unauthenticated       UNAUTHENTICATED: missing or wrong token
+          ├── DeadlinePassed        DEADLINE_EXCEEDED: the deadline passed before compute
+          └── ShuttingDown          UNAVAILABLE: the node is draining
 
 Every message says what was wrong, what the limit or the expectation was, and, where there is
 one, how to fix it. Low-level errors (torch, zstd, protobuf) are wrapped with ``raise ... from``.
@@ -22,6 +31,14 @@ __all__ = [
     "CodecError",
     "LimitExceeded",
     "WireError",
+    "ServingError",
+    "InvalidRequest",
+    "NotFound",
+    "FingerprintMismatch",
+    "Overloaded",
+    "Unauthenticated",
+    "DeadlinePassed",
+    "ShuttingDown",
 ]
 
 
@@ -47,3 +64,51 @@ class LimitExceeded(CodecError):
 
 class WireError(SplitInferError):
     """A protobuf message is malformed: unknown dtype, bad shape, missing field."""
+
+
+class ServingError(SplitInferError):
+    """A request the edge node refuses. ``code`` is the gRPC status code's name."""
+
+    code = "INTERNAL"
+
+
+class InvalidRequest(ServingError):
+    """The request's tensors, cut or codec do not fit what the model expects."""
+
+    code = "INVALID_ARGUMENT"
+
+
+class NotFound(ServingError):
+    """Unknown model, version or cut."""
+
+    code = "NOT_FOUND"
+
+
+class FingerprintMismatch(ServingError):
+    """The head that made the request comes from another model than the served tail."""
+
+    code = "FAILED_PRECONDITION"
+
+
+class Overloaded(ServingError):
+    """The queue is full or a concurrency limit is reached."""
+
+    code = "RESOURCE_EXHAUSTED"
+
+
+class Unauthenticated(ServingError):
+    """Missing or wrong bearer token."""
+
+    code = "UNAUTHENTICATED"
+
+
+class DeadlinePassed(ServingError):
+    """The request's deadline passed before its compute started."""
+
+    code = "DEADLINE_EXCEEDED"
+
+
+class ShuttingDown(ServingError):
+    """The node is draining and takes no new work."""
+
+    code = "UNAVAILABLE"

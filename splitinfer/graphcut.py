@@ -19,6 +19,8 @@ is the cost of one more sample.
 from __future__ import annotations
 
 import operator
+import statistics
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
@@ -172,6 +174,23 @@ def _op_name(n: fx.Node, root: nn.Module | None = None) -> str:
     return getattr(target, "__name__", str(target)).lstrip("_")
 
 
+class _Timer(fx.Interpreter):
+    """Runs the graph and adds each node's own wall time (interpreter overhead excluded)."""
+
+    def __init__(self, gm: fx.GraphModule, times: dict[fx.Node, list[float]]) -> None:
+        super().__init__(gm)
+        self.times = times
+
+    def run_node(self, n: fx.Node) -> Any:
+        if n.op in ("placeholder", "output", "get_attr"):
+            return super().run_node(n)
+        args, kwargs = self.fetch_args_kwargs_from_env(n)
+        start = time.perf_counter()
+        result = getattr(self, n.op)(n.target, args, kwargs)
+        self.times.setdefault(n, []).append(time.perf_counter() - start)
+        return result
+
+
 class GraphCutter:
     """Cut analysis over one GraphModule whose only placeholders are the model inputs."""
 
@@ -272,6 +291,15 @@ class GraphCutter:
         if len(set(values)) == 1:
             return values[0]
         return None
+
+    def node_times(self, inputs: tuple[torch.Tensor, ...], repeats: int) -> list[float]:
+        """Median seconds per node over ``repeats`` runs (after one warm-up run)."""
+        times: dict[fx.Node, list[float]] = {}
+        with torch.no_grad():
+            _Timer(self.gm, {}).run(*inputs)
+            for _ in range(max(1, repeats)):
+                _Timer(self.gm, times).run(*inputs)
+        return [statistics.median(times[n]) if n in times else 0.0 for n in self.nodes]
 
     # -- building -----------------------------------------------------------------------------
     def spec_shape(self, n: fx.Node) -> tuple[int, ...]:

@@ -86,6 +86,7 @@ class SplitModel:
                  cut_names: Sequence[str] | None = None) -> None:
         self.name = name
         self.version = "1"
+        self.device = torch.device("cpu")
         self.max_cut_tensors = max_cut_tensors
         self.capture = captured.method
         self.program = captured.program
@@ -170,17 +171,46 @@ class SplitModel:
                                            unwrap=False).eval()
         return self._heads[cut.id]
 
-    def tail(self, cut_id: int) -> nn.Module:
+    def tail(self, cut_id: int, *, cache: bool = True) -> nn.Module:
         """Module: the crossing tensors of ``cut_id`` → the model's outputs.
 
         One output comes back as a tensor, several as a tuple in ``output_specs`` order.
+        ``cache=False`` builds a fresh module and keeps no reference (a server bounds its own
+        cache of tails).
         """
         cut = self.cut(cut_id)
-        if cut.id not in self._tails:
-            gm = self._cutter.build_tail(self._points[cut.id])
-            self._tails[cut.id] = _Segment(gm, len(cut.tensors), f"tail({cut.id})",
-                                           unwrap=True).eval()
-        return self._tails[cut.id]
+        if cut.id in self._tails:
+            return self._tails[cut.id]
+        gm = self._cutter.build_tail(self._points[cut.id])
+        module = _Segment(gm, len(cut.tensors), f"tail({cut.id})", unwrap=True).eval()
+        if cache:
+            self._tails[cut.id] = module
+        return module
+
+    def to(self, device: str | torch.device) -> "SplitModel":
+        """Move the weights to ``device`` (e.g. "cuda"); heads and tails built later run there."""
+        device = torch.device(device)
+        root = self._cutter.gm
+        root.to(device)
+        for node in root.graph.nodes:  # ops that make tensors name their device in the graph
+            if "device" in node.kwargs and node.kwargs["device"] is not None:
+                node.update_kwarg("device", device)
+        self._heads.clear()
+        self._tails.clear()
+        self.device = device
+        return self
+
+    def segment_times(self, inputs: Sequence[torch.Tensor], repeats: int = 3) -> list[float]:
+        """Median seconds of every graph node on ``inputs`` (0 for nodes that do no work).
+
+        Summing them between two cut positions gives the latency of that segment; this takes
+        one pass of the model per repeat instead of one per cut.
+        """
+        return self._cutter.node_times(tuple(inputs), repeats)
+
+    def cut_position(self, cut_id: int) -> int:
+        """Index of the last graph node the head runs for ``cut_id``."""
+        return self._points[self.cut(cut_id).id].position
 
     def __call__(self, *inputs: torch.Tensor) -> Any:
         """The whole model (the captured graph), outputs flattened like ``tail``'s."""

@@ -6,7 +6,7 @@ dataclasses with plain-Python fields and a JSON form, and importing them never i
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["TensorSpec", "Cut", "DTYPES", "DYNAMIC"]
@@ -71,22 +71,20 @@ class Cut:
     id: int
     name: str
     tensors: tuple[TensorSpec, ...]
-    #: graph nodes (in the captured program's order) that run on the device for this cut
+    #: how many graph nodes run on the device for this cut
     head_nodes: int = 0
     #: fraction of the model's FLOPs (estimated) that runs on the device, 0..1
     head_flops_fraction: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     @property
     def nbytes_per_sample(self) -> int:
         """fp32-equivalent bytes of the crossing tensors for one sample (dynamic dims as 1)."""
-        from .spec import DTYPES as _d  # local: keep the dataclass body trivial
         total = 0
         for t in self.tensors:
             n = 1
             for d in t.shape:
                 n *= 1 if d == DYNAMIC else d
-            total += n * _d[t.dtype]
+            total += n * DTYPES[t.dtype]
         return total
 
     def to_json(self) -> dict[str, Any]:

@@ -232,7 +232,7 @@ def _fill_cut(msg: model_pb2.Cut, cut: Cut) -> None:
 
 
 def cut_to_proto(cut: Cut) -> model_pb2.Cut:
-    """Build a ``Cut`` message (``Cut.extra`` stays on this side)."""
+    """Build a ``Cut`` message."""
     msg = model_pb2.Cut()
     _fill_cut(msg, cut)
     return msg
