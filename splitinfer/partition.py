@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import sys
+import types
 from typing import Any, Sequence
 
 import torch
@@ -246,3 +248,17 @@ def partition(model: nn.Module, example_inputs: Sequence[torch.Tensor], *,
             model.train()
     log.info("partitioned %s with %s: %d cuts", sm.name, sm.capture, len(sm.cuts))
     return sm
+
+
+class _CallableModule(types.ModuleType):
+    """``splitinfer.partition`` is both this module and the function of the same name.
+
+    Importing the submodule (``from splitinfer.partition import SplitModel``) makes
+    ``splitinfer.partition`` refer to the module; calling it still partitions.
+    """
+
+    def __call__(self, *args: Any, **kwargs: Any) -> SplitModel:
+        return partition(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -176,3 +176,11 @@ def test_training_mode_is_restored():
     model = Chain().train()
     splitinfer.partition(model, (torch.randn(1, 16),))
     assert model.training
+
+
+def test_partition_is_callable_even_after_its_module_is_imported():
+    import importlib
+
+    importlib.import_module("splitinfer.partition")  # binds the submodule on the package
+    sm = splitinfer.partition(Chain().eval(), (torch.randn(1, 16),))
+    assert isinstance(sm, splitinfer.SplitModel)

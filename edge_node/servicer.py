@@ -1,0 +1,232 @@
+"""The gRPC methods of the edge node: convert, check, call the core, convert back.
+
+Each RPC does four things: parse the message (``splitinfer.wire.convert``), check it against
+the served model, hand decoded tensors to the batcher, encode the answer. Errors become status
+codes in exactly one place, :func:`status_of`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from typing import Any, AsyncIterator
+
+import grpc
+import torch
+
+from splitinfer.codec import Limits, decode_torch, get_codec, list_codecs
+from splitinfer.errors import (
+    CodecError,
+    FingerprintMismatch,
+    NotFound,
+    PartitionError,
+    ServingError,
+    ShuttingDown,
+    WireError,
+)
+from splitinfer.timing import StageTiming
+from splitinfer.wire import convert
+from splitinfer.wire.v1 import inference_pb2, model_pb2, probe_pb2, service_pb2_grpc
+
+from .batcher import Batcher, BatchResult
+from .config import EdgeConfig
+from .metrics import EdgeMetrics
+from .runtime import ModelRepository
+
+log = logging.getLogger(__name__)
+
+#: most requests one InferStream keeps in progress before it stops reading more
+STREAM_WINDOW = 64
+
+
+def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The one mapping from our exceptions to gRPC status codes (ARCHITECTURE.md's table)."""
+    if isinstance(exc, ServingError):
+        return grpc.StatusCode[exc.code], str(exc)
+    if isinstance(exc, (CodecError, WireError, PartitionError)):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+    log.error("internal error: %s", exc, exc_info=exc)
+    return grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__}: {exc})"
+
+
+class EdgeServicer(service_pb2_grpc.EdgeInferenceServicer):
+    """Infer, InferStream, GetModelInfo and Probe over a model repository and a batcher."""
+
+    def __init__(self, repo: ModelRepository, batcher: Batcher, config: EdgeConfig,
+                 metrics: EdgeMetrics) -> None:
+        self.repo = repo
+        self.batcher = batcher
+        self.config = config
+        self.metrics = metrics
+        self.limits = Limits(max_elements=config.max_tensor_elements,
+                             max_bytes=config.max_tensor_bytes)
+        get_codec(config.output_codec)  # fail at start on a bad --output-codec
+        #: set when the node starts draining: new requests get UNAVAILABLE from here on, so a
+        #: client never sees the CANCELLED that a call racing the server's own stop can get
+        self.draining = False
+
+    # -- Infer --------------------------------------------------------------------------------
+    async def _infer(self, request: inference_pb2.InferRequest,
+                     context: grpc.aio.ServicerContext) -> inference_pb2.InferResponse:
+        t0 = time.perf_counter()
+        if self.draining:
+            raise ShuttingDown("the edge node is shutting down and takes no new requests; "
+                               "retry on another node")
+        call = convert.parse_infer_request(request)
+        request_id = call.request_id or uuid.uuid4().hex
+        try:
+            model = self.repo.get(call.model, call.version)
+        except NotFound:
+            # counted, but under one label: request-chosen names must not mint new series
+            self.metrics.observe_request("(unknown)", "", call.cut_id, "NOT_FOUND")
+            raise
+        labels = (model.name, model.version, call.cut_id)
+        try:
+            if call.fingerprint != model.fingerprint:
+                raise FingerprintMismatch(
+                    f"request fingerprint {call.fingerprint[:16] or '(none)'}… is not the "
+                    f"fingerprint of {model.name} v{model.version} ({model.fingerprint[:16]}…): "
+                    "the head was built from another model; reload the bundle")
+            cut = model.cut(call.cut_id)
+            tensors = [decode_torch(e, self.limits) for e in call.tensors]
+            model.check_inputs(cut.id, tensors, [e.name for e in call.tensors])
+            for e in call.tensors:
+                self.metrics.bytes_in.labels(e.codec).inc(len(e.payload))
+            t1 = time.perf_counter()
+            remaining = context.time_remaining()
+            deadline = time.monotonic() + remaining if remaining is not None else None
+            rows = int(tensors[0].shape[0]) if tensors and tensors[0].dim() else 1
+            key = (model.name, model.version, cut.id,
+                   tuple((tuple(t.shape[1:]), t.dtype) for t in tensors))
+            result: BatchResult = await asyncio.wrap_future(
+                self.batcher.submit(key, tensors, rows, deadline))
+            t2 = time.perf_counter()
+            codec = get_codec(call.output_codec or self.config.output_codec)
+            outputs = [codec.encode(t, name=spec.name)
+                       for t, spec in zip(result.outputs, model.split.output_specs)]
+            for e in outputs:
+                self.metrics.bytes_out.labels(e.codec).inc(len(e.payload))
+            t3 = time.perf_counter()
+            timing = StageTiming(queue_s=result.queue_s, decode_s=t1 - t0,
+                                 compute_s=max(0.0, (t2 - t1) - result.queue_s),
+                                 encode_s=t3 - t2)
+        except Exception as exc:
+            self.metrics.observe_request(*labels, status_of(exc)[0].name)
+            raise
+        self.metrics.observe_request(*labels, "OK", timing)
+        log.debug("infer ok", extra={"request_id": request_id, "model": model.name,
+                                     "model_version": model.version, "cut": cut.id,
+                                     "batch_rows": result.batch_rows})
+        return convert.build_infer_response(request_id=request_id, outputs=outputs,
+                                            timing=timing, version=model.version)
+
+    async def Infer(self, request: inference_pb2.InferRequest,
+                    context: grpc.aio.ServicerContext) -> inference_pb2.InferResponse:
+        self.metrics.in_flight.inc()
+        try:
+            return await self._infer(request, context)
+        except Exception as exc:
+            code, message = status_of(exc)
+            log.info("infer refused: %s", message,
+                     extra={"request_id": request.request_id, "model": request.model,
+                            "model_version": request.version, "status": code.name})
+            await context.abort(code, message)
+            raise  # abort raises; this line is for type checkers
+        finally:
+            self.metrics.in_flight.dec()
+
+    # -- InferStream --------------------------------------------------------------------------
+    async def _stream_item(self, request: inference_pb2.InferRequest,
+                           context: grpc.aio.ServicerContext) -> inference_pb2.InferResponse:
+        self.metrics.in_flight.inc()
+        try:
+            return await self._infer(request, context)
+        except Exception as exc:  # one bad frame answers with its error; the stream goes on
+            code, message = status_of(exc)
+            log.info("stream item refused: %s", message,
+                     extra={"request_id": request.request_id, "model": request.model,
+                            "status": code.name})
+            return convert.build_error_response(request_id=request.request_id,
+                                                code=code.value[0], message=message)
+        finally:
+            self.metrics.in_flight.dec()
+
+    async def InferStream(self, request_iterator: AsyncIterator[inference_pb2.InferRequest],
+                          context: grpc.aio.ServicerContext
+                          ) -> AsyncIterator[inference_pb2.InferResponse]:
+        """Answers in request order; up to STREAM_WINDOW requests are worked on at once."""
+        pending: asyncio.Queue[Any] = asyncio.Queue(maxsize=STREAM_WINDOW)
+        done = object()
+
+        async def read() -> None:
+            async for request in request_iterator:
+                await pending.put(asyncio.ensure_future(self._stream_item(request, context)))
+            await pending.put(done)
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while True:
+                getter = asyncio.ensure_future(pending.get())
+                await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
+                if not getter.done():  # the reader ended (or failed) with nothing queued
+                    getter.cancel()
+                    reader.result()
+                    if pending.empty():
+                        return
+                    getter = asyncio.ensure_future(pending.get())
+                item = await getter
+                if item is done:
+                    return
+                yield await item
+        finally:
+            reader.cancel()
+
+    # -- GetModelInfo and Probe ---------------------------------------------------------------
+    async def GetModelInfo(self, request: model_pb2.ModelInfoRequest,
+                           context: grpc.aio.ServicerContext) -> model_pb2.ModelInfoResponse:
+        try:
+            model = self.repo.get(request.model, request.version)
+            sm = model.split
+            info = convert.ModelInfo(
+                model=model.name, version=model.version, fingerprint=model.fingerprint,
+                cuts=tuple(model.cuts), inputs=tuple(sm.input_specs),
+                outputs=tuple(sm.output_specs), versions=tuple(self.repo.versions(model.name)),
+                tail_latency_s=dict(model.tail_latency_s),
+                queue_delay_s=self.batcher.queue_delay_s, codecs=tuple(list_codecs()))
+            return convert.build_model_info(info)
+        except Exception as exc:
+            await context.abort(*status_of(exc))
+            raise
+
+    async def Probe(self, request: probe_pb2.ProbeRequest,
+                    context: grpc.aio.ServicerContext) -> probe_pb2.ProbeResponse:
+        start = time.perf_counter()
+        if not 0 <= request.response_bytes <= self.config.max_probe_bytes:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"Probe.response_bytes {request.response_bytes} is outside "
+                                f"0..{self.config.max_probe_bytes} (--max-probe-bytes)")
+        self.metrics.probe_bytes.inc(len(request.payload) + request.response_bytes)
+        return probe_pb2.ProbeResponse(probe_id=request.probe_id,
+                                       payload=bytes(request.response_bytes),
+                                       received_bytes=len(request.payload),
+                                       server_s=time.perf_counter() - start)
+
+
+def make_run(repo: ModelRepository, device: str):
+    """The batcher's compute function: look up the tail, run it (on ``device``), return CPU."""
+    target = torch.device(device)
+
+    def run(key: Any, tensors: Any) -> tuple[torch.Tensor, ...]:
+        name, version, cut_id = key[:3]
+        model = repo.get(name, version)
+        tail = repo.tails.get(model, cut_id)
+        inputs = [t.to(target, non_blocking=True) for t in tensors]
+        out = tail(*inputs)
+        out = out if isinstance(out, tuple) else (out,)
+        return tuple(o.to("cpu") for o in out)
+
+    return run
+
+
