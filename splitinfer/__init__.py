@@ -12,8 +12,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import (BundleError, CodecError, LimitExceeded, PartitionError, SplitInferError,
-                     WireError)
+from .errors import (
+    BundleError,
+    CodecError,
+    LimitExceeded,
+    PartitionError,
+    SplitInferError,
+    WireError,
+)
 from .spec import Cut, TensorSpec
 
 __version__ = "0.1.0"
