@@ -36,6 +36,7 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.codecs
+	$(PY) -m benchmarks.edge
 
 proto: $(STAMP)
 	$(PY) scripts/gen_proto.py
