@@ -7,7 +7,6 @@ it decoded tensors and gets tensors back.
 from __future__ import annotations
 
 import logging
-import statistics
 import threading
 import time
 from collections import OrderedDict
@@ -234,7 +233,3 @@ class ModelRepository:
             log.exception("profiling %s v%s failed", model.name, model.version)
         finally:
             model.profiled.set()
-
-
-def median(values: Sequence[float]) -> float:
-    return statistics.median(values) if values else 0.0

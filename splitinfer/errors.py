@@ -112,3 +112,7 @@ class ShuttingDown(ServingError):
     """The node is draining and takes no new work."""
 
     code = "UNAVAILABLE"
+
+
+class PlanningError(SplitInferError):
+    """No (cut, codec) survives the constraints, or the profiles do not belong together."""

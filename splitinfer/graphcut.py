@@ -18,7 +18,6 @@ is the cost of one more sample.
 
 from __future__ import annotations
 
-import operator
 import statistics
 import time
 from dataclasses import dataclass
@@ -388,6 +387,3 @@ class GraphCutter:
             return path  # a built-in leaf module (Conv2d, ReLU...) names its only op
         op = _op_name(n, self.gm)
         return f"{path}.{op}" if path else op
-
-
-_ = operator  # operator.* targets appear in fx graphs; kept importable for readers
