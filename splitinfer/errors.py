@@ -8,15 +8,16 @@
      ├── CodecError                 a tensor cannot be encoded, or an encoded tensor is refused
      │    └── LimitExceeded         ... because it is over a configured size limit
      ├── WireError                  a protobuf message is malformed (bad dtype, shape, field)
-     └── ServingError               a request the edge node refuses; ``code`` names the gRPC
-          │                         status it maps to (edge_node.servicer maps it, in one place)
-          ├── InvalidRequest        INVALID_ARGUMENT: tensors do not match the cut's specs
-          ├── NotFound              NOT_FOUND: unknown model, version or cut
-          ├── FingerprintMismatch   FAILED_PRECONDITION: head and tail from different models
-          ├── Overloaded            RESOURCE_EXHAUSTED: queue full
-          ├── Unauthenticated       UNAUTHENTICATED: missing or wrong token
-          ├── DeadlinePassed        DEADLINE_EXCEEDED: the deadline passed before compute
-          └── ShuttingDown          UNAVAILABLE: the node is draining
+     ├── ServingError               a request the edge node refuses; ``code`` names the gRPC
+     │    │                         status it maps to (edge_node.servicer maps it, in one place)
+     │    ├── InvalidRequest        INVALID_ARGUMENT: tensors do not match the cut's specs
+     │    ├── NotFound              NOT_FOUND: unknown model, version or cut
+     │    ├── FingerprintMismatch   FAILED_PRECONDITION: head and tail from different models
+     │    ├── Overloaded            RESOURCE_EXHAUSTED: queue full
+     │    ├── Unauthenticated       UNAUTHENTICATED: missing or wrong token
+     │    ├── DeadlinePassed        DEADLINE_EXCEEDED: the deadline passed before compute
+     │    └── ShuttingDown          UNAVAILABLE: the node is draining
+     └── PlanningError              the planner found no (cut, codec) within the constraints
 
 Every message says what was wrong, what the limit or the expectation was, and, where there is
 one, how to fix it. Low-level errors (torch, zstd, protobuf) are wrapped with ``raise ... from``.
@@ -39,6 +40,7 @@ __all__ = [
     "Unauthenticated",
     "DeadlinePassed",
     "ShuttingDown",
+    "PlanningError",
 ]
 
 
