@@ -19,6 +19,7 @@ import sys
 from typing import Any, Sequence
 
 from .errors import SplitInferError
+from .link import parse_duration, parse_rate
 
 log = logging.getLogger("splitinfer")
 
@@ -139,6 +140,54 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args, quiet=_quiet_torch(args))
 
 
+def _parse_address(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"bad address {text!r}: use HOST:PORT or :PORT "
+                                         "(:PORT means 127.0.0.1:PORT)")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _arg_type(parse: Any) -> Any:
+    """Wrap a ``ValueError``-raising parser so argparse reports its message and exits 2."""
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    convert.__name__ = parse.__name__
+    return convert
+
+
+def cmd_netem(args: argparse.Namespace) -> int:
+    import asyncio
+    import signal
+
+    from .netem import LinkShape, NetemProxy
+
+    try:
+        shape = LinkShape(rate_bps=args.rate, delay_s=args.delay, jitter_s=args.jitter,
+                          burst_bytes=args.burst, jitter_dist=args.jitter_dist)
+    except ValueError as exc:
+        raise SplitInferError(str(exc)) from exc
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        async with NetemProxy(args.target, args.listen, shape=shape, seed=args.seed) as proxy:
+            print(f"netem listening on {args.listen[0]}:{proxy.port} -> "
+                  f"{args.target[0]}:{args.target[1]}", flush=True)
+            await stop.wait()
+            s = proxy.stats
+        print(f"netem stopped: {s.up_bytes} bytes up, {s.down_bytes} bytes down, "
+              f"{s.accepted} connections", flush=True)
+
+    asyncio.run(serve())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="splitinfer", description=__doc__.split("\n")[0])
     p.add_argument("--log-level", default="WARNING",
@@ -180,6 +229,25 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--cuts", type=int, default=8, help="how many cuts to show (spread evenly)")
     d.add_argument("--out", default=".demo/demo.json", help="where to write the JSON result")
     d.set_defaults(func=cmd_demo)
+
+    n = sub.add_parser("netem", help="run a TCP proxy that emulates a link "
+                                     "(rate, delay, jitter)")
+    n.add_argument("--listen", type=_parse_address, default=("127.0.0.1", 0),
+                   help="HOST:PORT or :PORT to listen on (default: a free port)")
+    n.add_argument("--target", type=_parse_address, required=True,
+                   help="HOST:PORT or :PORT to forward to, e.g. :50051")
+    n.add_argument("--rate", type=_arg_type(parse_rate), default=None,
+                   help="rate per direction, tc units: bit, kbit, mbit, gbit (default: none)")
+    n.add_argument("--delay", type=_arg_type(parse_duration), default=0.0,
+                   help="one-way delay per direction, e.g. 20ms (units us, ms, s)")
+    n.add_argument("--jitter", type=_arg_type(parse_duration), default=0.0,
+                   help="delay jitter, e.g. 2ms (never reorders bytes)")
+    n.add_argument("--jitter-dist", choices=["uniform", "normal"], default="uniform",
+                   help="uniform: +-JITTER; normal: JITTER is the standard deviation")
+    n.add_argument("--burst", type=int, default=None,
+                   help="token bucket size in bytes (default max(rate x 5 ms, 16 KB))")
+    n.add_argument("--seed", type=int, default=0, help="seed for the jitter")
+    n.set_defaults(func=cmd_netem)
     return p
 
 
