@@ -1,0 +1,125 @@
+"""Measure what the planner needs on this machine: head latency per cut, bytes and codec times.
+
+``profile_device(sm)`` times every graph node over a few runs of the whole model (one pass per
+repeat instead of one per cut), sums them into each cut's head latency, and encodes/decodes
+every cut's real crossing tensors with every codec: bytes sent, encode and decode time, and the
+codec's error on that data (sizes depend on the data: zstd on post-ReLU activations).
+``profile_edge_locally(sm)`` measures tail latencies the same way, for offline planning, and
+``edge_profile_from_info`` turns an edge node's ``GetModelInfo`` answer into an EdgeProfile.
+Results are the frozen values of :mod:`splitinfer.profiles` (JSON with ``to_json``).
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from typing import Any, Callable, Sequence
+
+import torch
+
+from .codec import decode_torch, encoded_nbytes, get_codec, list_codecs
+from .profiles import CodecCost, CutCost, DeviceProfile, EdgeProfile
+
+__all__ = ["profile_device", "profile_edge_locally", "edge_profile_from_info",
+           "DEFAULT_CODECS"]
+
+#: the codecs a profile measures unless told otherwise (all float codecs, with and without zstd)
+DEFAULT_CODECS = tuple(c for c in list_codecs() if not c.startswith("raw"))
+
+
+def _progress(enabled: bool) -> Callable[[str, int, int], None]:
+    def show(what: str, done: int, total: int) -> None:
+        if enabled:
+            end = "\n" if done == total else ""
+            print(f"\r{what}: {done}/{total}", end=end, file=sys.stderr, flush=True)
+    return show
+
+
+def _median_time(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
+    result = fn()  # warm-up, and the value to return
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), result
+
+
+def _codec_cost(name: str, tensors: Sequence[torch.Tensor], repeats: int) -> CodecCost:
+    codec = get_codec(name)
+    encode_s, encoded = _median_time(lambda: [codec.encode(t) for t in tensors], repeats)
+    decode_s, decoded = _median_time(lambda: [decode_torch(e) for e in encoded], repeats)
+    error = 0.0
+    for t, d in zip(tensors, decoded):
+        if t.is_floating_point() and t.numel():
+            scale = float(t.abs().max())
+            err = float((t.float() - d.float()).abs().max())
+            error = max(error, err / scale if scale else err)
+    return CodecCost(codec=name, request_bytes=sum(encoded_nbytes(e) for e in encoded),
+                     encode_s=encode_s, decode_s=decode_s, error=error)
+
+
+def _head_memory(sm: Any, cut_id: int, crossing: Sequence[torch.Tensor]) -> int:
+    """Weights the head reads plus what it sends: a floor on the device memory it needs."""
+    head = sm.head(cut_id)
+    weights = sum(b.numel() * b.element_size() for b in head.buffers())
+    return int(weights + sum(t.numel() * t.element_size() for t in crossing))
+
+
+def profile_device(sm: Any, inputs: Sequence[torch.Tensor] | None = None, *,
+                   codecs: Sequence[str] = DEFAULT_CODECS, repeats: int = 5,
+                   cut_ids: Sequence[int] | None = None, progress: bool = False
+                   ) -> DeviceProfile:
+    """Profile ``sm`` (a SplitModel) on this machine with ``inputs`` (default: its examples).
+
+    ``cut_ids`` limits the cuts measured (the first and last cut are always included).
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    for name in codecs:
+        get_codec(name)  # unknown names fail before any measuring
+    inputs = tuple(inputs) if inputs is not None else tuple(t[:1] for t in sm.example_inputs)
+    node_s = sm.segment_times(inputs, repeats)
+    last = len(sm.cuts) - 1
+    ids = sorted({0, last, *(cut_ids if cut_ids is not None else range(len(sm.cuts)))})
+    show = _progress(progress)
+    cuts = []
+    with torch.no_grad():
+        for done, cut_id in enumerate(ids, 1):
+            cut = sm.cut(cut_id)
+            crossing = sm.head(cut_id)(*inputs)
+            costs = () if cut_id == last else tuple(
+                _codec_cost(name, crossing, repeats) for name in codecs)
+            cuts.append(CutCost(
+                cut_id=cut_id, name=cut.name,
+                head_s=float(sum(node_s[: sm.cut_position(cut_id) + 1])),
+                head_flops=float(sm.head_flops(cut_id)),
+                head_memory_bytes=_head_memory(sm, cut_id, crossing),
+                head_nodes=cut.head_nodes, codecs=costs))
+            show(f"profiling {sm.name}", done, len(ids))
+        outputs = sm.tail(last)(*sm.head(last)(*inputs))
+        outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+        response = _codec_cost("fp32", outputs, repeats)
+    return DeviceProfile(model=sm.name, fingerprint=sm.fingerprint,
+                         threads=torch.get_num_threads(), cuts=tuple(cuts),
+                         response_bytes=response.request_bytes,
+                         response_decode_s=response.decode_s)
+
+
+def profile_edge_locally(sm: Any, inputs: Sequence[torch.Tensor] | None = None, *,
+                         repeats: int = 5, speedup: float = 1.0) -> EdgeProfile:
+    """Tail latency of every cut measured here, divided by ``speedup`` (an edge that is
+    ``speedup`` times faster than this machine), for what-if planning without an edge node."""
+    if speedup <= 0:
+        raise ValueError(f"speedup must be > 0, got {speedup}")
+    inputs = tuple(inputs) if inputs is not None else tuple(t[:1] for t in sm.example_inputs)
+    node_s = sm.segment_times(inputs, repeats)
+    tail_s = {c.id: float(sum(node_s[sm.cut_position(c.id) + 1:])) / speedup for c in sm.cuts}
+    return EdgeProfile(model=sm.name, fingerprint=sm.fingerprint, tail_s=tail_s)
+
+
+def edge_profile_from_info(info: Any) -> EdgeProfile:
+    """An EdgeProfile from a ``splitinfer.wire.convert.ModelInfo`` (the edge's GetModelInfo)."""
+    return EdgeProfile(model=info.model, fingerprint=info.fingerprint,
+                       tail_s=dict(info.tail_latency_s), queue_s=info.queue_delay_s)

@@ -1,0 +1,71 @@
+"""The profiler measures real costs that the planner can use, without a network."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import splitinfer
+from splitinfer.link import Link
+from splitinfer.planner import choose
+from splitinfer.profiler import edge_profile_from_info, profile_device, profile_edge_locally
+from splitinfer.profiles import DeviceProfile, EdgeProfile
+from splitinfer.wire.convert import ModelInfo
+from tests.models import SkipNet
+
+
+@pytest.fixture(scope="module")
+def skipnet():
+    torch.manual_seed(0)
+    return splitinfer.partition(SkipNet().eval(), (torch.randn(1, 3, 32, 32),), name="skipnet")
+
+
+def test_device_profile_covers_every_cut_and_codec(skipnet):
+    prof = profile_device(skipnet, codecs=("fp32", "fp16", "int8+zstd"), repeats=2)
+    assert [c.cut_id for c in prof.cuts] == [c.id for c in skipnet.cuts]
+    assert prof.fingerprint == skipnet.fingerprint and prof.threads >= 1
+    heads = [c.head_s for c in prof.cuts]
+    assert heads[0] == 0.0 and heads == sorted(heads) and heads[-1] > 0
+    assert prof.cuts[-1].codecs == ()  # device-only sends nothing
+    for cut in prof.cuts[:-1]:
+        costs = {c.codec: c for c in cut.codecs}
+        assert set(costs) == {"fp32", "fp16", "int8+zstd"}
+        assert costs["fp32"].error == 0.0  # lossless
+        assert 0 < costs["fp16"].error < 1e-2 and 0 < costs["int8+zstd"].error < 0.05
+        if costs["fp32"].request_bytes > 1024:  # tiny tensors: zstd's frame costs more
+            assert costs["int8+zstd"].request_bytes < costs["fp16"].request_bytes \
+                < costs["fp32"].request_bytes
+    # fp32 bytes are the crossing tensors' own bytes: 4 per element
+    cut0 = prof.cuts[0]
+    assert {c.codec: c for c in cut0.codecs}["fp32"].request_bytes == 3 * 32 * 32 * 4
+    assert prof.response_bytes == 5 * 4
+    assert DeviceProfile.from_json(json.loads(json.dumps(prof.to_json()))) == prof
+
+
+def test_profiles_feed_the_planner(skipnet):
+    device = profile_device(skipnet, codecs=("fp32", "int8+zstd"), repeats=2)
+    edge = profile_edge_locally(skipnet, repeats=2, speedup=10.0)
+    assert edge.tail_s[len(skipnet.cuts) - 1] == 0.0 and edge.tail_s[0] > 0
+    slow = choose(device, edge, Link(rtt_s=0.2, bandwidth_bps=1e5))
+    fast = choose(device, edge, Link(rtt_s=0.0001, bandwidth_bps=1e10))
+    assert slow.predicted_s >= fast.predicted_s
+    assert fast.cut_id == 0  # a 10x faster edge over a free link: send the input
+    assert slow.breakdown.total_s == pytest.approx(slow.predicted_s)
+
+
+def test_edge_profile_from_model_info(skipnet):
+    info = ModelInfo(model="skipnet", version="1", fingerprint=skipnet.fingerprint,
+                     cuts=tuple(skipnet.cuts), tail_latency_s={0: 0.01, 1: 0.005},
+                     queue_delay_s=0.002)
+    edge = edge_profile_from_info(info)
+    assert isinstance(edge, EdgeProfile)
+    assert dict(edge.tail_s) == {0: 0.01, 1: 0.005} and edge.queue_s == 0.002
+
+
+@pytest.mark.parametrize("kwargs, match", [({"repeats": 0}, "repeats"),
+                                           ({"codecs": ("zip",)}, "zip")])
+def test_bad_arguments(skipnet, kwargs, match):
+    with pytest.raises(Exception, match=match):
+        profile_device(skipnet, **kwargs)
