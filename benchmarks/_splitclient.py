@@ -1,0 +1,119 @@
+"""A benchmark's split-inference device: run a head here, send its tensors to an edge, time it.
+
+Timings are what a device user would see: head compute, encoding, the ``Infer`` round trip
+(through whatever sits between, e.g. a link emulator) and decoding the answer, end to end with
+``perf_counter``. Link measurement uses ``Probe`` (a bare gRPC echo) and ``fit_link``.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import grpc
+import torch
+
+from splitinfer.codec import decode_torch, get_codec
+from splitinfer.link import Link, fit_link
+from splitinfer.wire import convert
+from splitinfer.wire.v1 import model_pb2, probe_pb2, service_pb2_grpc
+
+_MAX_MESSAGE = 64 << 20  # the edge node's default --max-message-bytes
+_TIMEOUT_S = 300.0       # a 1.6 MB request at 1 Mbit/s takes ~13 s; leave room
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Seconds of one configuration: every repeat after the warm-up, and their median."""
+
+    cut_id: int
+    codec: str | None
+    samples: tuple[float, ...]
+    request_bytes: int
+
+    @property
+    def median_s(self) -> float:
+        return statistics.median(self.samples)
+
+
+class SplitClient:
+    """One gRPC channel to ``address`` (the edge, or a proxy in front of it) and one model."""
+
+    def __init__(self, address: str, sm: Any, version: str, inputs: Sequence[torch.Tensor]
+                 ) -> None:
+        self.sm, self.version, self.inputs = sm, version, tuple(inputs)
+        self.last_cut = len(sm.cuts) - 1
+        self._channel = grpc.insecure_channel(address, options=[
+            ("grpc.max_send_message_length", _MAX_MESSAGE),
+            ("grpc.max_receive_message_length", _MAX_MESSAGE)])
+        self._stub = service_pb2_grpc.EdgeInferenceStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> SplitClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def model_info(self) -> convert.ModelInfo:
+        reply = self._stub.GetModelInfo(model_pb2.ModelInfoRequest(
+            model=self.sm.name, version=self.version), timeout=30)
+        info = convert.parse_model_info(reply)
+        if info.fingerprint != self.sm.fingerprint:
+            raise RuntimeError(f"the edge serves {info.model} with fingerprint "
+                               f"{info.fingerprint[:16]}…, this bundle has "
+                               f"{self.sm.fingerprint[:16]}…: re-export and restart the edge")
+        return info
+
+    def probe_link(self, sizes: Sequence[int], rounds: int) -> tuple[Link, list[tuple[int, float]]]:
+        """Fit the link from ``rounds`` Probe echoes of every size (server time taken out)."""
+        self._probe(0)  # warm-up: the connection, and the proxy's new shape on it
+        samples = [(size, self._probe(size)) for _ in range(rounds) for size in sizes]
+        return fit_link(samples), samples
+
+    def _probe(self, size: int) -> float:
+        req = probe_pb2.ProbeRequest(probe_id=uuid.uuid4().hex, payload=bytes(size),
+                                     response_bytes=0)
+        start = time.perf_counter()
+        reply = self._stub.Probe(req, timeout=_TIMEOUT_S)
+        return time.perf_counter() - start - reply.server_s
+
+    def measure(self, cut_id: int, codec: str | None, repeats: int) -> Timing:
+        """Median of ``repeats`` end-to-end runs after one warm-up; ``codec`` None (or the last
+        cut) runs the whole model here, no network."""
+        local = codec is None or cut_id == self.last_cut
+        run = self._run_local if local else lambda: self._run_split(cut_id, codec)
+        nbytes = run()  # warm-up
+        samples = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            run()
+            samples.append(time.perf_counter() - start)
+        return Timing(cut_id, None if local else codec, tuple(samples), nbytes)
+
+    def _run_local(self) -> int:
+        with torch.no_grad():
+            self.sm.tail(self.last_cut)(*self.sm.head(self.last_cut)(*self.inputs))
+        return 0
+
+    def _run_split(self, cut_id: int, codec_name: str) -> int:
+        codec = get_codec(codec_name)
+        cut = self.sm.cut(cut_id)
+        with torch.no_grad():
+            crossing = self.sm.head(cut_id)(*self.inputs)
+        encoded = [codec.encode(t, name=spec.name) for t, spec in zip(crossing, cut.tensors)]
+        req = convert.build_infer_request(
+            model=self.sm.name, version=self.version, fingerprint=self.sm.fingerprint,
+            cut_id=cut_id, tensors=encoded, request_id=uuid.uuid4().hex)
+        result = convert.parse_infer_response(self._stub.Infer(req, timeout=_TIMEOUT_S))
+        if result.error is not None:
+            raise RuntimeError(f"Infer at cut {cut_id} with {codec_name} failed: "
+                               f"{result.error.code} {result.error.message}")
+        for out in result.outputs:
+            decode_torch(out)
+        return req.ByteSize()

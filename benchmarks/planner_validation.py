@@ -1,0 +1,331 @@
+"""Planner validation: does the planner's cut beat the alternatives when measured end to end?
+
+    python -m benchmarks.planner_validation [--quick] [--estimate-only] [--repeats N] [--out PATH]
+
+One run, side by side, on this machine:
+
+- Model: torchvision ResNet-18 (random weights, seed 0), one 1x3x224x224 input (--quick:
+  1x3x96x96), exported as a bundle into a temporary model repository.
+- Edge: one real ``splitinfer-edge`` process (``--torch-threads 2 --workers 1
+  --max-batch-size 1 --profile-tails true``); its profile comes from ``GetModelInfo``.
+- Device: this process with one torch thread, which is what makes it slower than the edge
+  (the measured ratio is printed); its profile is ``profile_device`` here.
+- Links: bandwidth 1, 10, 100, 1000 Mbit/s x RTT 5, 30, 100 ms through a link emulator (TCP
+  proxy; rate both ways, RTT/2 delay each way); --quick: (10 Mbit/s, 30 ms), (1000, 5).
+  Per link the link is measured with Probe (several sizes, ``fit_link``) and the planner runs
+  on the measured link ("the planner's choice", what a device would do) and on the nominal one.
+- Measured per link: an even sample of cuts (--quick: 3) plus the chosen cut, device-only and
+  edge-only, each with the codec the planner ranks best for that cut; one measurement is head
+  -> encode -> Infer through the proxy -> decode, median of N after one warm-up (N drops for
+  slow transfers so the full grid stays near 30 minutes; the estimate is printed first).
+
+Targets: chosen/oracle latency <= 1.05 median and <= 1.15 worst over links (oracle: the
+fastest configuration measured); |predicted - measured| / measured <= 15 % (median) for the
+chosen cut. The "oracle" only knows the configurations measured, not every cut.
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")  # the device side is one thread; the edge sets its own
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torchvision  # noqa: E402
+
+from benchmarks._edgeutil import start_edge  # noqa: E402
+from benchmarks._splitclient import SplitClient, Timing  # noqa: E402
+from splitinfer.bundle import load_bundle, save_bundle  # noqa: E402
+from splitinfer.link import Link  # noqa: E402
+from splitinfer.netem import LinkEmulator, LinkShape  # noqa: E402
+from splitinfer.partition import partition  # noqa: E402
+from splitinfer.planner import Plan, choose  # noqa: E402
+from splitinfer.profiler import edge_profile_from_info, profile_device  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+DEFAULT_OUT = RESULTS / "planner_validation.json"
+BANDWIDTHS_MBPS = (1, 10, 100, 1000)
+RTTS_MS = (5, 30, 100)
+QUICK_LINKS = ((10, 30), (1000, 5))
+CODECS = ("fp16", "int8+zstd", "fp32")
+EDGE_FLAGS = ("--torch-threads", "2", "--workers", "1", "--max-batch-size", "1",
+              "--profile-tails", "true", "--log-level", "WARNING")
+TARGET_RATIO_MEDIAN, TARGET_RATIO_WORST, TARGET_PRED_ERR = 1.05, 1.15, 0.15
+CUT_BUDGET_S = 15.0  # seconds one configuration may take (warm-up + repeats) before N drops
+
+
+# ---- setup --------------------------------------------------------------------------------------
+
+def export_model(repo: Path, side: int) -> tuple[Any, str, torch.Tensor]:
+    """ResNet-18 (seed 0) as a bundle in ``repo``; the SplitModel loaded back, as the edge has it."""
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18().eval()
+    x = torch.randn(1, 3, side, side)
+    save_bundle(partition(model, (x,), name="resnet18"), repo / "resnet18" / "1")
+    sm = load_bundle(repo / "resnet18" / "1")
+    return sm, "1", x
+
+
+def sample_cuts(last: int, k: int) -> list[int]:
+    """``k`` evenly spaced interior cuts (0 and ``last`` are measured anyway)."""
+    if last < 2:
+        return []
+    return sorted({int(round(c)) for c in np.linspace(1, last - 1, min(k, last - 1))})
+
+
+def best_codec(plan: Plan, cut_id: int) -> str | None:
+    """The codec the planner ranks best for ``cut_id`` (None: device-only, nothing sent)."""
+    return next(c.codec for c in plan.alternatives if c.cut_id == cut_id)
+
+
+def predicted_s(plan: Plan, cut_id: int) -> float:
+    return next(c.breakdown.total_s for c in plan.alternatives if c.cut_id == cut_id)
+
+
+def repeats_for(pred_s: float, base: int) -> int:
+    """``base`` repeats, fewer (never under 2) when one request takes seconds: the budget."""
+    return max(2, min(base, int(CUT_BUDGET_S / max(pred_s, 1e-6)) - 1))
+
+
+def probe_sizes(bandwidth_bps: float) -> list[int]:
+    # the largest probe takes ~0.25 s of transfer: long enough that bandwidth beats the noise,
+    # short enough for 1 Mbit/s. A real device would grow sizes until the time doubles.
+    top = int(min(max(bandwidth_bps / 8 * 0.25, 32 << 10), 4 << 20))
+    return [1024, top // 4, top // 2, top]
+
+
+def plan_cuts(plan: Plan, last: int, k: int) -> list[int]:
+    return sorted({0, last, plan.cut_id, *sample_cuts(last, k)})
+
+
+def estimate_s(plans: list[Plan], last: int, args: argparse.Namespace) -> float:
+    """Seconds the measurements will take, from the planner's own predictions."""
+    total = 0.0
+    for plan in plans:
+        for cut in plan_cuts(plan, last, args.cuts):
+            pred = predicted_s(plan, cut)
+            total += pred * (1 + repeats_for(pred, args.repeats))
+        total += 2.0  # probing
+    return total
+
+
+# ---- one link -----------------------------------------------------------------------------------
+
+def run_link(client: SplitClient, proxy: LinkEmulator, device: Any, edge: Any,
+             bw_mbps: float, rtt_ms: float, args: argparse.Namespace) -> dict[str, Any]:
+    nominal = Link(rtt_s=rtt_ms / 1e3, bandwidth_bps=bw_mbps * 1e6)
+    proxy.set_shape(LinkShape(rate_bps=nominal.bandwidth_bps, delay_s=nominal.rtt_s / 2))
+    measured, samples = client.probe_link(probe_sizes(nominal.bandwidth_bps), args.probe_rounds)
+    plan = choose(device, edge, measured, objective="latency")
+    plan_nominal = choose(device, edge, nominal, objective="latency")
+    last = client.last_cut
+    timings: dict[int, Timing] = {}
+    for cut in plan_cuts(plan, last, args.cuts):
+        pred = predicted_s(plan, cut)
+        timings[cut] = client.measure(cut, best_codec(plan, cut), repeats_for(pred, args.repeats))
+        print(f"  cut {cut:3d} {str(timings[cut].codec):10s} predicted {pred * 1e3:9.1f} ms  "
+              f"measured {timings[cut].median_s * 1e3:9.1f} ms", flush=True)
+    oracle = min(timings.values(), key=lambda t: t.median_s)
+    chosen = timings[plan.cut_id]
+    return {
+        "bandwidth_mbps": bw_mbps, "rtt_ms": rtt_ms,
+        "chosen_cut": plan.cut_id, "chosen_cut_name": plan.cut_name, "chosen_codec": plan.codec,
+        "chosen_ms": chosen.median_s * 1e3, "predicted_ms": plan.predicted_s * 1e3,
+        "oracle_cut": oracle.cut_id, "oracle_codec": oracle.codec,
+        "oracle_ms": oracle.median_s * 1e3,
+        "device_only_ms": timings[last].median_s * 1e3, "edge_only_ms": timings[0].median_s * 1e3,
+        "nominal_plan": {"cut": plan_nominal.cut_id, "codec": plan_nominal.codec,
+                         "predicted_ms": plan_nominal.predicted_s * 1e3,
+                         "measured_ms": (timings[plan_nominal.cut_id].median_s * 1e3
+                                         if plan_nominal.cut_id in timings else None)},
+        "link_fit": {"rtt_ms": measured.rtt_s * 1e3,
+                     "bandwidth_mbps": measured.bandwidth_bps / 1e6,
+                     "probe_samples": [[b, s] for b, s in samples]},
+        "cuts": [{"cut_id": t.cut_id, "codec": t.codec, "request_bytes": t.request_bytes,
+                  "predicted_ms": predicted_s(plan, t.cut_id) * 1e3,
+                  "measured_ms": t.median_s * 1e3, "samples_ms": [s * 1e3 for s in t.samples]}
+                 for t in timings.values()],
+    }
+
+
+# ---- summary ------------------------------------------------------------------------------------
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    ratios = [r["chosen_ms"] / r["oracle_ms"] for r in rows]
+    errors = [abs(r["predicted_ms"] - r["chosen_ms"]) / r["chosen_ms"] for r in rows]
+    wins = []
+    for r in rows:
+        baseline = min(r["device_only_ms"], r["edge_only_ms"])
+        wins.append({"bandwidth_mbps": r["bandwidth_mbps"], "rtt_ms": r["rtt_ms"],
+                     "split": 0 < r["chosen_cut"] < max(c["cut_id"] for c in r["cuts"]),
+                     "beats_baselines": r["chosen_ms"] < baseline,
+                     "gain_vs_best_baseline": baseline / r["chosen_ms"]})
+    return {"ratio_median": statistics.median(ratios), "ratio_worst": max(ratios),
+            "pred_err_median": statistics.median(errors), "pred_err_worst": max(errors),
+            "split_vs_baselines": wins}
+
+
+def check_targets(s: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {
+        "chosen/oracle median": {"value": s["ratio_median"], "target": TARGET_RATIO_MEDIAN},
+        "chosen/oracle worst": {"value": s["ratio_worst"], "target": TARGET_RATIO_WORST},
+        "|pred-meas|/meas median": {"value": s["pred_err_median"], "target": TARGET_PRED_ERR},
+    }
+
+
+def print_table(rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
+    print(f"\n{'link':>16} {'fit':>16} {'chosen':>13} {'chosen':>9} {'pred':>9} {'oracle':>13} "
+          f"{'dev-only':>9} {'edge-only':>9} {'nominal':>7} {'gain':>6}")
+    print(f"{'Mbit/s, ms':>16} {'Mbit/s, ms':>16} {'cut codec':>13} {'ms':>9} {'ms':>9} "
+          f"{'cut: ms':>13} {'ms':>9} {'ms':>9} {'cut':>7} {'x':>6}")
+    for r, w in zip(rows, summary["split_vs_baselines"]):
+        fit = r["link_fit"]
+        print(f"{r['bandwidth_mbps']:>8g}, {r['rtt_ms']:>5g} "
+              f"{fit['bandwidth_mbps']:>8.1f}, {fit['rtt_ms']:>5.1f} "
+              f"{r['chosen_cut']:>3d} {str(r['chosen_codec']):>9s} {r['chosen_ms']:>9.1f} "
+              f"{r['predicted_ms']:>9.1f} {r['oracle_cut']:>3d}: {r['oracle_ms']:>8.1f} "
+              f"{r['device_only_ms']:>9.1f} {r['edge_only_ms']:>9.1f} "
+              f"{r['nominal_plan']['cut']:>7d} {w['gain_vs_best_baseline']:>6.2f}")
+    print("(gain: the better of device-only and edge-only over the chosen, > 1 means faster)")
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r['bandwidth_mbps']:g} Mbit/s\n{r['rtt_ms']:g} ms" for r in rows]
+    x = np.arange(len(rows))
+    series = (("chosen_ms", "planner's choice"), ("oracle_ms", "oracle (best measured)"),
+              ("device_only_ms", "device-only"), ("edge_only_ms", "edge-only"))
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(rows) + 2), 4.5))
+    width = 0.2
+    for i, (key, label) in enumerate(series):
+        ax.bar(x + (i - 1.5) * width, [r[key] for r in rows], width, label=label)
+    ax.set_xticks(x, labels, fontsize=8)
+    ax.set_yscale("log")
+    ax.set_ylabel("end-to-end latency (ms, log)")
+    for i, r in enumerate(rows):  # which cut the planner took, over its bar
+        ax.annotate(f"cut {r['chosen_cut']}", (x[i] - 1.5 * width, r["chosen_ms"]),
+                    ha="center", va="bottom", fontsize=7)
+    ax.set_title("ResNet-18: planner's choice vs alternatives, per link", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ---- driver -------------------------------------------------------------------------------------
+
+def links(args: argparse.Namespace) -> list[tuple[int, int]]:
+    return list(QUICK_LINKS) if args.quick else [(b, r) for b in BANDWIDTHS_MBPS for r in RTTS_MS]
+
+
+def run(args: argparse.Namespace, repo: Path) -> dict[str, Any]:
+    sm, version, x = export_model(repo, args.side)
+    print(f"profiling the device (1 thread, {len(sm.cuts)} cuts, codecs {', '.join(CODECS)})…",
+          flush=True)
+    device = profile_device(sm, (x,), codecs=CODECS, repeats=args.profile_repeats)
+    node = start_edge(repo, *EDGE_FLAGS)
+    rows: list[dict[str, Any]] = []
+    try:
+        with LinkEmulator(("127.0.0.1", node.port)) as proxy, \
+                SplitClient(f"127.0.0.1:{proxy.port}", sm, version, (x,)) as client:
+            edge = edge_profile_from_info(client.model_info())
+            ratio = device.cuts[-1].head_s / edge.tail_s[0]
+            print(f"device full model {device.cuts[-1].head_s * 1e3:.1f} ms (1 thread), edge "
+                  f"tail at cut 0 {edge.tail_s[0] * 1e3:.1f} ms: device/edge = {ratio:.2f}"
+                  + ("" if ratio > 1 else " — the device is NOT slower than the edge here "
+                     "(busy cores?), so splitting cannot pay off"), flush=True)
+            nominal = [choose(device, edge, Link(r / 1e3, b * 1e6)) for b, r in links(args)]
+            est = estimate_s(nominal, len(sm.cuts) - 1, args)
+            print(f"estimated measuring time for {len(nominal)} link(s): {est / 60:.1f} min",
+                  flush=True)
+            if args.estimate_only:
+                return {"estimate_s": est, "device_edge_ratio": ratio, "rows": []}
+            for bw, rtt in links(args):
+                print(f"link {bw} Mbit/s, RTT {rtt} ms:", flush=True)
+                rows.append(run_link(client, proxy, device, edge, bw, rtt, args))
+    finally:
+        node.stop()
+    return {"estimate_s": est, "device_edge_ratio": ratio, "rows": rows,
+            "device_full_ms": device.cuts[-1].head_s * 1e3, "edge_full_ms": edge.tail_s[0] * 1e3,
+            "cuts": len(sm.cuts)}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.planner_validation",
+                                 description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="96x96 input, 2 links, 3 sampled cuts")
+    ap.add_argument("--estimate-only", action="store_true",
+                    help="profile, plan and print the time estimate; measure nothing")
+    ap.add_argument("--repeats", type=int, default=None, help="timed runs per configuration")
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON output path")
+    ap.add_argument("--strict", action="store_true", help="exit 1 when a target fails")
+    args = ap.parse_args(argv)
+    if args.repeats is not None and args.repeats < 1:
+        ap.error(f"--repeats {args.repeats}: must be >= 1")
+    args.side = 96 if args.quick else 224
+    args.cuts = 3 if args.quick else 10
+    args.repeats = args.repeats or (3 if args.quick else 5)
+    args.profile_repeats = 3 if args.quick else 5
+    args.probe_rounds = 3 if args.quick else 5
+    return args
+
+
+def report(args: argparse.Namespace, res: dict[str, Any], wall_s: float) -> bool:
+    rows = res["rows"]
+    summary = summarize(rows)
+    print_table(rows, summary)
+    targets = check_targets(summary)
+    for name, t in targets.items():
+        t["pass"] = t["value"] <= t["target"]
+        print(f"{'PASS' if t['pass'] else 'FAIL'}: {name} {t['value']:.3f} "
+              f"(target <= {t['target']})")
+    for w in summary["split_vs_baselines"]:
+        what = "a split" if w["split"] else "a baseline itself (no split)"
+        verdict = "beats" if w["beats_baselines"] else "does not beat"
+        print(f"{w['bandwidth_mbps']:g} Mbit/s {w['rtt_ms']:g} ms: the choice is {what}; it "
+              f"{verdict} the better of device-only and edge-only "
+              f"({w['gain_vs_best_baseline']:.2f}x)")
+    meta = {"cores": os.cpu_count(), "python": platform.python_version(),
+            "torch": torch.__version__, "processor": platform.processor() or platform.platform(),
+            "quick": args.quick, "input": [1, 3, args.side, args.side], "edge_flags": EDGE_FLAGS,
+            "codecs": CODECS, "repeats": args.repeats, "wall_s": round(wall_s, 1)}
+    out = {"meta": meta, **{k: v for k, v in res.items() if k != "rows"}, "rows": rows,
+           "summary": summary, "targets": targets}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=2))
+    png = args.out.with_suffix(".png")
+    plot(rows, png)
+    print(f"wrote {args.out} and {png} ({wall_s:.0f} s)")
+    return all(t["pass"] for t in targets.values())
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="planner-validation-") as tmp:
+        res = run(args, Path(tmp))
+    if args.estimate_only:
+        return 0
+    ok = report(args, res, time.perf_counter() - started)
+    return 1 if args.strict and not ok else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
