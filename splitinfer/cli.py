@@ -230,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default=".demo/demo.json", help="where to write the JSON result")
     d.set_defaults(func=cmd_demo)
 
-    from .plancmd import add_parser as add_plan_parser
+    from .cli_plan import add_parser as add_plan_parser
 
     add_plan_parser(sub, _arg_type)
 
