@@ -291,14 +291,22 @@ class GraphCutter:
             return values[0]
         return None
 
-    def node_times(self, inputs: tuple[torch.Tensor, ...], repeats: int) -> list[float]:
-        """Median seconds per node over ``repeats`` runs (after one warm-up run)."""
-        times: dict[fx.Node, list[float]] = {}
+    def node_time_runs(self, inputs: tuple[torch.Tensor, ...], repeats: int
+                       ) -> list[list[float]]:
+        """Seconds per node (graph order) for each of ``repeats`` runs, after a warm-up run."""
+        runs = []
         with torch.no_grad():
             _Timer(self.gm, {}).run(*inputs)
             for _ in range(max(1, repeats)):
+                times: dict[fx.Node, list[float]] = {}
                 _Timer(self.gm, times).run(*inputs)
-        return [statistics.median(times[n]) if n in times else 0.0 for n in self.nodes]
+                runs.append([times[n][0] if n in times else 0.0 for n in self.nodes])
+        return runs
+
+    def node_times(self, inputs: tuple[torch.Tensor, ...], repeats: int) -> list[float]:
+        """Median seconds per node over ``repeats`` runs (after one warm-up run)."""
+        runs = self.node_time_runs(inputs, repeats)
+        return [statistics.median(column) for column in zip(*runs)]
 
     # -- building -----------------------------------------------------------------------------
     def spec_shape(self, n: fx.Node) -> tuple[int, ...]:

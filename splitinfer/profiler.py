@@ -1,7 +1,8 @@
 """Measure what the planner needs on this machine: head latency per cut, bytes and codec times.
 
 ``profile_device(sm)`` times every graph node over a few runs of the whole model (one pass per
-repeat instead of one per cut), sums them into each cut's head latency, and encodes/decodes
+repeat instead of one per cut), and a cut's head latency is the median over runs of that run's
+time up to the cut (not a sum of per-node medians, which would miss stalls); it encodes/decodes
 every cut's real crossing tensors with every codec: bytes sent, encode and decode time, and the
 codec's error on that data (sizes depend on the data: zstd on post-ReLU activations).
 ``profile_edge_locally(sm)`` measures tail latencies the same way, for offline planning, and
@@ -60,6 +61,11 @@ def _codec_cost(name: str, tensors: Sequence[torch.Tensor], repeats: int) -> Cod
                      encode_s=encode_s, decode_s=decode_s, error=error)
 
 
+def _median_prefix(runs: Sequence[Sequence[float]], end: int) -> float:
+    """Median over runs of the time of nodes [0, end): a head's latency as one run sees it."""
+    return float(statistics.median(sum(run[:end]) for run in runs))
+
+
 def _head_memory(sm: Any, cut_id: int, crossing: Sequence[torch.Tensor]) -> int:
     """Weights the head reads plus what it sends: a floor on the device memory it needs."""
     head = sm.head(cut_id)
@@ -80,7 +86,7 @@ def profile_device(sm: Any, inputs: Sequence[torch.Tensor] | None = None, *,
     for name in codecs:
         get_codec(name)  # unknown names fail before any measuring
     inputs = tuple(inputs) if inputs is not None else tuple(t[:1] for t in sm.example_inputs)
-    node_s = sm.segment_times(inputs, repeats)
+    runs = sm.segment_time_runs(inputs, repeats)
     last = len(sm.cuts) - 1
     ids = sorted({0, last, *(cut_ids if cut_ids is not None else range(len(sm.cuts)))})
     show = _progress(progress)
@@ -93,7 +99,7 @@ def profile_device(sm: Any, inputs: Sequence[torch.Tensor] | None = None, *,
                 _codec_cost(name, crossing, repeats) for name in codecs)
             cuts.append(CutCost(
                 cut_id=cut_id, name=cut.name,
-                head_s=float(sum(node_s[: sm.cut_position(cut_id) + 1])),
+                head_s=_median_prefix(runs, sm.cut_position(cut_id) + 1),
                 head_flops=float(sm.head_flops(cut_id)),
                 head_memory_bytes=_head_memory(sm, cut_id, crossing),
                 head_nodes=cut.head_nodes, codecs=costs))
@@ -114,8 +120,9 @@ def profile_edge_locally(sm: Any, inputs: Sequence[torch.Tensor] | None = None, 
     if speedup <= 0:
         raise ValueError(f"speedup must be > 0, got {speedup}")
     inputs = tuple(inputs) if inputs is not None else tuple(t[:1] for t in sm.example_inputs)
-    node_s = sm.segment_times(inputs, repeats)
-    tail_s = {c.id: float(sum(node_s[sm.cut_position(c.id) + 1:])) / speedup for c in sm.cuts}
+    runs = sm.segment_time_runs(inputs, repeats)
+    tail_s = {c.id: float(statistics.median(sum(run[sm.cut_position(c.id) + 1:])
+                                            for run in runs)) / speedup for c in sm.cuts}
     return EdgeProfile(model=sm.name, fingerprint=sm.fingerprint, tail_s=tail_s)
 
 
