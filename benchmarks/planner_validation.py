@@ -8,8 +8,12 @@ One run, side by side, on this machine:
   1x3x96x96), exported as a bundle into a temporary model repository.
 - Edge: one real ``splitinfer-edge`` process (``--torch-threads 2 --workers 1
   --max-batch-size 1 --profile-tails true``); its profile comes from ``GetModelInfo``.
-- Device: this process with one torch thread, which is what makes it slower than the edge
-  (the measured ratio is printed); its profile is ``profile_device`` here.
+- Device: this process with one torch thread, confined by ``--device-cpu-quota Q`` (default
+  0.25) to Q cores with a cgroup-v1 ``cpu`` group (10 ms period; the edge process is started
+  before, so it is not confined; skipped with a warning where /sys/fs/cgroup/cpu is not
+  writable). That is how the device is made slower than the edge, a phone-class device next to
+  a server; the measured device/edge ratio is printed. Its profile is ``profile_device`` here,
+  under the same quota.
 - Links: bandwidth 1, 10, 100, 1000 Mbit/s x RTT 5, 30, 100 ms through a link emulator (TCP
   proxy; rate both ways, RTT/2 delay each way); --quick: (10 Mbit/s, 30 ms), (1000, 5).
   Per link the link is measured with Probe (several sizes, ``fit_link``) and the planner runs
@@ -37,6 +41,7 @@ import platform  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
+import threading  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
@@ -235,10 +240,16 @@ def links(args: argparse.Namespace) -> list[tuple[int, int]]:
 
 def run(args: argparse.Namespace, repo: Path) -> dict[str, Any]:
     sm, version, x = export_model(repo, args.side)
+    node = start_edge(repo, *EDGE_FLAGS)  # before the device quota: the edge is not confined
+    quota = DeviceQuota(args.device_cpu_quota).__enter__()
     print(f"profiling the device (1 thread, {len(sm.cuts)} cuts, codecs {', '.join(CODECS)})…",
           flush=True)
-    device = profile_device(sm, (x,), codecs=CODECS, repeats=args.profile_repeats)
-    node = start_edge(repo, *EDGE_FLAGS)
+    try:
+        device = profile_device(sm, (x,), codecs=CODECS, repeats=args.profile_repeats)
+    except BaseException:
+        quota.__exit__()
+        node.stop()
+        raise
     rows: list[dict[str, Any]] = []
     try:
         with LinkEmulator(("127.0.0.1", node.port)) as proxy, \
@@ -259,10 +270,49 @@ def run(args: argparse.Namespace, repo: Path) -> dict[str, Any]:
                 print(f"link {bw} Mbit/s, RTT {rtt} ms:", flush=True)
                 rows.append(run_link(client, proxy, device, edge, bw, rtt, args))
     finally:
+        quota.__exit__()
         node.stop()
-    return {"estimate_s": est, "device_edge_ratio": ratio, "rows": rows,
+    return {"device_cpu_quota": args.device_cpu_quota if quota.group else None,
+            "estimate_s": est, "device_edge_ratio": ratio, "rows": rows,
             "device_full_ms": device.cuts[-1].head_s * 1e3, "edge_full_ms": edge.tail_s[0] * 1e3,
             "cuts": len(sm.cuts)}
+
+
+class DeviceQuota:
+    """Confine the calling thread to ``cores`` CPUs' worth of time (cgroup v1 cpu controller)."""
+
+    ROOT = Path("/sys/fs/cgroup/cpu")
+
+    def __init__(self, cores: float) -> None:
+        self.cores = cores
+        self.group: Path | None = None
+
+    def __enter__(self) -> "DeviceQuota":
+        if self.cores <= 0:
+            return self
+        group = self.ROOT / f"splitinfer-device-{os.getpid()}"
+        try:
+            group.mkdir()
+            (group / "cpu.cfs_period_us").write_text("10000")
+            (group / "cpu.cfs_quota_us").write_text(str(int(10000 * self.cores)))
+            (group / "tasks").write_text(str(threading.get_native_id()))
+            self.group = group
+        except OSError as exc:
+            print(f"warning: no CPU quota for the device ({exc}); it runs at full speed",
+                  flush=True)
+            if group.exists():
+                group.rmdir()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.group is not None:
+            # threads started under the quota inherited it: move every one back, then remove
+            for tid in (self.group / "tasks").read_text().split():
+                try:
+                    (self.ROOT / "tasks").write_text(tid)
+                except OSError:
+                    pass  # the thread ended meanwhile
+            self.group.rmdir()
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -275,6 +325,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--repeats", type=int, default=None, help="timed runs per configuration")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON output path")
     ap.add_argument("--strict", action="store_true", help="exit 1 when a target fails")
+    ap.add_argument("--device-cpu-quota", type=float, default=0.25,
+                    help="CPU cores the device thread may use, to make the device slower than "
+                         "the edge (default 0.25; 0 = no quota)")
     args = ap.parse_args(argv)
     if args.repeats is not None and args.repeats < 1:
         ap.error(f"--repeats {args.repeats}: must be >= 1")
