@@ -18,7 +18,6 @@ is the cost of one more sample.
 
 from __future__ import annotations
 
-import statistics
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
@@ -302,11 +301,6 @@ class GraphCutter:
                 _Timer(self.gm, times).run(*inputs)
                 runs.append([times[n][0] if n in times else 0.0 for n in self.nodes])
         return runs
-
-    def node_times(self, inputs: tuple[torch.Tensor, ...], repeats: int) -> list[float]:
-        """Median seconds per node over ``repeats`` runs (after one warm-up run)."""
-        runs = self.node_time_runs(inputs, repeats)
-        return [statistics.median(column) for column in zip(*runs)]
 
     # -- building -----------------------------------------------------------------------------
     def spec_shape(self, n: fx.Node) -> tuple[int, ...]:

@@ -202,18 +202,12 @@ class SplitModel:
         self.device = device
         return self
 
-    def segment_times(self, inputs: Sequence[torch.Tensor], repeats: int = 3) -> list[float]:
-        """Median seconds of every graph node on ``inputs`` (0 for nodes that do no work).
-
-        Summing them between two cut positions gives the latency of that segment; this takes
-        one pass of the model per repeat instead of one per cut.
-        """
-        return self._cutter.node_times(tuple(inputs), repeats)
-
     def segment_time_runs(self, inputs: Sequence[torch.Tensor], repeats: int = 3
                           ) -> list[list[float]]:
-        """Like :meth:`segment_times`, one list per run: sum a run's slice, then take the
-        median over runs (a sum of per-node medians misses stalls that hit a few nodes)."""
+        """Seconds of every graph node on ``inputs``, one list per run (0 for nodes that do no
+        work). A segment's latency is the median over runs of the sum of its slice (a sum of
+        per-node medians would miss stalls that hit a few nodes). One pass of the model per
+        repeat, instead of one per cut."""
         return self._cutter.node_time_runs(tuple(inputs), repeats)
 
     def cut_position(self, cut_id: int) -> int:
