@@ -16,10 +16,11 @@ from typing import Any, Sequence
 import grpc
 import torch
 
+from device_client.link_probe import measure_link
 from splitinfer.codec import decode_torch, get_codec
-from splitinfer.link import Link, fit_link
+from splitinfer.link import Link
 from splitinfer.wire import convert
-from splitinfer.wire.v1 import model_pb2, probe_pb2, service_pb2_grpc
+from splitinfer.wire.v1 import model_pb2, service_pb2_grpc
 
 _MAX_MESSAGE = 64 << 20  # the edge node's default --max-message-bytes
 _TIMEOUT_S = 300.0       # a 1.6 MB request at 1 Mbit/s takes ~13 s; leave room
@@ -72,16 +73,7 @@ class SplitClient:
 
     def probe_link(self, sizes: Sequence[int], rounds: int) -> tuple[Link, list[tuple[int, float]]]:
         """Fit the link from ``rounds`` Probe echoes of every size (server time taken out)."""
-        self._probe(0)  # warm-up: the connection, and the proxy's new shape on it
-        samples = [(size, self._probe(size)) for _ in range(rounds) for size in sizes]
-        return fit_link(samples), samples
-
-    def _probe(self, size: int) -> float:
-        req = probe_pb2.ProbeRequest(probe_id=uuid.uuid4().hex, payload=bytes(size),
-                                     response_bytes=0)
-        start = time.perf_counter()
-        reply = self._stub.Probe(req, timeout=_TIMEOUT_S)
-        return time.perf_counter() - start - reply.server_s
+        return measure_link(self._stub, sizes, rounds, timeout=_TIMEOUT_S)
 
     def measure(self, cut_id: int, codec: str | None, repeats: int) -> Timing:
         """Median of ``repeats`` end-to-end runs after one warm-up; ``codec`` None (or the last

@@ -18,17 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 from .errors import SplitInferError
-from .link import Link, fit_link, parse_duration, parse_rate
+from .link import Link, parse_duration, parse_rate
 from .planner import Constraints, Plan, choose
 from .profiles import DeviceProfile, EdgeProfile
-
-_PROBE_SIZES = (1_000, 50_000, 200_000, 1_000_000)
 
 
 def _read_json(path: str, what: str) -> Any:
@@ -42,9 +38,11 @@ def _live(args: argparse.Namespace, sm: Any) -> tuple[EdgeProfile, Link]:
     """GetModelInfo and Probe against a running edge node."""
     import grpc
 
+    from device_client.link_probe import measure_link
+
     from .profiler import edge_profile_from_info
     from .wire import convert
-    from .wire.v1 import model_pb2, probe_pb2, service_pb2_grpc
+    from .wire.v1 import model_pb2, service_pb2_grpc
 
     metadata = ()
     if args.token_file:
@@ -61,14 +59,7 @@ def _live(args: argparse.Namespace, sm: Any) -> tuple[EdgeProfile, Link]:
             info = convert.parse_model_info(stub.GetModelInfo(
                 model_pb2.ModelInfoRequest(model=sm.name, version=sm.version), timeout=10,
                 metadata=metadata))
-            samples = []
-            for _ in range(args.probe_repeats):
-                for size in _PROBE_SIZES:
-                    req = probe_pb2.ProbeRequest(probe_id=uuid.uuid4().hex, payload=bytes(size),
-                                                 response_bytes=0)
-                    start = time.perf_counter()
-                    reply = stub.Probe(req, timeout=30, metadata=metadata)
-                    samples.append((size, time.perf_counter() - start - reply.server_s))
+            link, _samples = measure_link(stub, rounds=args.probe_repeats, metadata=metadata)
         except grpc.RpcError as exc:
             raise SplitInferError(f"edge {args.edge}: {exc.code().name}: {exc.details()}"
                                   ) from exc
@@ -76,7 +67,7 @@ def _live(args: argparse.Namespace, sm: Any) -> tuple[EdgeProfile, Link]:
         raise SplitInferError(f"edge {args.edge} serves {info.model} v{info.version} with "
                               f"fingerprint {info.fingerprint[:16]}…, the bundle has "
                               f"{sm.fingerprint[:16]}…: they are different models")
-    return edge_profile_from_info(info), fit_link(samples)
+    return edge_profile_from_info(info), link
 
 
 def _profiles(args: argparse.Namespace, sm: Any) -> tuple[DeviceProfile, EdgeProfile, Link]:
