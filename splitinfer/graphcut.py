@@ -42,6 +42,7 @@ class NodeRecord:
     shapes: tuple[tuple[int, ...], ...] = ()  # per run, tensors only
     dtype: str = ""
     ints: tuple[Any, ...] = ()  # per run, ints only
+    strides: tuple[tuple[int, ...], ...] = ()  # per run, tensors only
     flops: tuple[float, ...] = ()  # per run
 
 
@@ -53,6 +54,18 @@ class CutPoint:
     crossing: tuple[fx.Node, ...]
     head_nodes: int
     head_flops: float
+
+
+def _dense_order(shape: tuple[int, ...], stride: tuple[int, ...]) -> tuple[int, ...]:
+    """The dim order, outermost first, of the dense layout that matches (shape, stride).
+
+    ``t.permute(order)`` is contiguous when ``t`` is a dense permutation (a transpose, say).
+    Dims of size 1 and expanded dims (stride 0) have no place in memory: they keep their own
+    index, so a tensor that is contiguous but for them gets the identity.
+    """
+    ranked = [d for d in range(len(shape)) if shape[d] > 1 and stride[d] > 0]
+    outer_first = iter(sorted(ranked, key=lambda d: -stride[d]))  # stable: ties keep dim order
+    return tuple(next(outer_first) if d in ranked else d for d in range(len(shape)))
 
 
 def _sanitize(target: str) -> str:
@@ -121,6 +134,7 @@ class _Recorder(fx.Interpreter):
         if isinstance(result, torch.Tensor):
             rec.kind = "tensor"
             rec.shapes += (tuple(result.shape),)
+            rec.strides += (tuple(result.stride()),)
             rec.dtype = str(result.dtype).replace("torch.", "")
         elif isinstance(result, (int, torch.SymInt)) and not isinstance(result, bool):
             rec.kind = "int"
@@ -321,12 +335,44 @@ class GraphCutter:
         graph.output(tuple(env[c] for c in point.crossing))
         return self._module(graph)
 
+    def entry_order(self, n: fx.Node) -> tuple[int, ...] | None:
+        """The dim order the tail lays crossing tensor ``n`` out in; None: plain contiguous.
+
+        The wire (and any codec) hands the tail contiguous tensors, but the graph after the cut
+        was recorded against the head's strides: a transposed tensor fed contiguously makes a
+        later ``view`` fail, or picks another kernel. Both runs give the same order for the
+        dense permutations real models make (attention's transposes); a tensor that is not
+        dense at all (a select, an expand) gets the dense layout of the same order, which is
+        what ``clone()`` of it would give.
+        """
+        rec = self.records[n]
+        orders = [_dense_order(s, st) for s, st in zip(rec.shapes, rec.strides)]
+        order = orders[-1]  # the runs agree; the last one has the bigger batch
+        return None if order == tuple(range(len(order))) else order
+
+    def _enter(self, graph: fx.Graph, x: fx.Node, order: tuple[int, ...]) -> fx.Node:
+        """Nodes that give any tensor ``x`` the strides of the dense layout in ``order``."""
+        back = tuple(sorted(range(len(order)), key=order.__getitem__))
+        if self.aten:
+            y = graph.call_function(torch.ops.aten.permute.default, (x, list(order)))
+            y = graph.call_function(torch.ops.aten.clone.default, (y,),
+                                    {"memory_format": torch.contiguous_format})
+            return graph.call_function(torch.ops.aten.permute.default, (y, list(back)))
+        y = graph.call_method("permute", (x, *order))
+        y = graph.call_method("contiguous", (y,))
+        return graph.call_method("permute", (y, *back))
+
     def build_tail(self, point: CutPoint) -> fx.GraphModule:
+        """Tail module; it takes the crossing tensors in any layout (contiguous off the wire)."""
         graph = fx.Graph()
         env: dict[fx.Node, fx.Node] = {}
         for c in point.crossing:
             env[c] = graph.placeholder(c.name)
             env[c].meta = dict(c.meta)
+        for c in point.crossing:
+            order = self.entry_order(c)
+            if order is not None:
+                env[c] = self._enter(graph, env[c], order)
 
         def fetch(a: fx.Node) -> fx.Node:
             if a in env:

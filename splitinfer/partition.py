@@ -4,7 +4,8 @@
 fallback), lists every cut where few tensors cross, and returns a :class:`SplitModel` that
 builds the head and tail module of any cut on demand. For every cut,
 ``tail(*head(*inputs))`` computes exactly what ``model(*inputs)`` computes (same ops, same
-order, bit for bit in fp32 eval mode), for any batch size.
+order, bit for bit in fp32 eval mode), for any batch size, whether the tail gets the head's
+tensors as they are or contiguous copies of them (what a decoder gives).
 """
 
 from __future__ import annotations
@@ -35,19 +36,29 @@ _RUN_BATCHES = (2, 3)
 
 
 class _Segment(nn.Module):
-    """A head or tail: runs its graph without autograd; a tail with one output returns it bare."""
+    """A head or tail: runs its graph without autograd; a tail with one output returns it bare.
 
-    def __init__(self, gm: fx.GraphModule, n_inputs: int, what: str, unwrap: bool) -> None:
+    ``contiguous`` marks the inputs the graph expects contiguous: any other layout (a tensor
+    a caller transposed) is copied first, so the graph's views see the strides it was
+    recorded with. Inputs the graph lays out itself (see ``GraphCutter.entry_order``) pass as
+    they come.
+    """
+
+    def __init__(self, gm: fx.GraphModule, n_inputs: int, what: str, unwrap: bool,
+                 contiguous: Sequence[bool] = ()) -> None:
         super().__init__()
         self.graph_module = gm
         self.n_inputs = n_inputs
         self.what = what
         self.unwrap = unwrap
+        self.contiguous = tuple(contiguous) or (False,) * n_inputs
 
     def forward(self, *tensors: torch.Tensor) -> Any:
         if len(tensors) != self.n_inputs:
             raise PartitionError(f"{self.what} takes {self.n_inputs} tensor(s), got "
                                  f"{len(tensors)}")
+        tensors = tuple(t.contiguous() if want and isinstance(t, torch.Tensor) else t
+                        for t, want in zip(tensors, self.contiguous))
         with torch.no_grad():
             out = self.graph_module(*tensors)
         out = tuple(out) if isinstance(out, (tuple, list)) else (out,)
@@ -183,8 +194,11 @@ class SplitModel:
         cut = self.cut(cut_id)
         if cut.id in self._tails:
             return self._tails[cut.id]
-        gm = self._cutter.build_tail(self._points[cut.id])
-        module = _Segment(gm, len(cut.tensors), f"tail({cut.id})", unwrap=True).eval()
+        point = self._points[cut.id]
+        gm = self._cutter.build_tail(point)
+        plain = [self._cutter.entry_order(n) is None for n in point.crossing]
+        module = _Segment(gm, len(cut.tensors), f"tail({cut.id})", unwrap=True,
+                          contiguous=plain).eval()
         if cache:
             self._tails[cut.id] = module
         return module

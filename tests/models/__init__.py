@@ -59,6 +59,31 @@ class TwoInTwoOut(nn.Module):
         return {"hidden": h.reshape(b, seq, 12), "logits": self.out(pooled)}
 
 
+class Transposed(nn.Module):
+    """Attention-like layouts that cross cuts: transposed heads, a select and an expand.
+
+    The views after the transposes only work with the strides the head produced, so a tail
+    fed contiguous copies (as off the wire) must lay its inputs out again.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 12)
+        self.register_buffer("gain", torch.linspace(0.5, 1.5, 5).unsqueeze(0))
+        self.out = nn.Linear(12, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        h = self.fc(x)  # (b, 6, 12)
+        q = h.view(b, 6, 3, 4).transpose(1, 2) * 2.0  # (b, 3, 6, 4), not contiguous
+        k = h.view(b, 6, 3, 4).permute(0, 2, 1, 3)
+        y = (q + 1.0).transpose(1, 2).reshape(b, 6, 12)  # contiguous again: a real view
+        z = k.transpose(1, 2).reshape(b, 6, 12)
+        first = h[:, 0]  # a select: strided with gaps
+        gain = self.gain.expand_as(first[:, :5])  # stride 0 along the batch
+        return self.out(torch.relu(y) + z + first.unsqueeze(1)) * gain.unsqueeze(1)
+
+
 class DataDependent(nn.Module):
     """Branches on a tensor's value: neither torch.export nor torch.fx can capture it."""
 

@@ -8,7 +8,7 @@ from torch import nn
 
 import splitinfer
 from splitinfer import PartitionError
-from tests.models import Chain, DataDependent, SkipNet, TwoInTwoOut
+from tests.models import Chain, DataDependent, SkipNet, Transposed, TwoInTwoOut
 
 
 def _flat(out):
@@ -61,6 +61,30 @@ def test_skip_connections_and_branches_cross_as_several_tensors():
     sm = splitinfer.partition(model, (torch.randn(1, 3, 16, 16),))
     assert max(len(c.tensors) for c in sm.cuts) >= 2  # inside the residual block
     _assert_exact_everywhere(sm, model, (torch.randn(4, 3, 16, 16),))
+
+
+@pytest.mark.parametrize("capture", ["export", "fx"])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_tail_takes_contiguous_copies_of_transposed_tensors(capture, batch):
+    torch.manual_seed(0)
+    model = Transposed().eval()
+    sm = splitinfer.partition(model, (torch.randn(1, 6, 8),), capture=capture)
+    assert sm.capture == capture
+    x = torch.randn(batch, 6, 8)
+    with torch.no_grad():
+        ref = model(x)
+    strided = 0
+    for cut in sm.cuts:
+        crossing = sm.head(cut.id)(x)
+        strided += any(not t.is_contiguous() for t in crossing)
+        # as off the wire (decoded tensors are contiguous), and as the head made them
+        for given in ([t.contiguous() for t in crossing], crossing):
+            out = sm.tail(cut.id)(*given)
+            assert torch.equal(out, ref), f"cut {cut.id} ({cut.name}) is not exact"
+        # any other layout a caller hands in works too
+        odd = [t.transpose(0, -1).contiguous().transpose(0, -1) for t in crossing]
+        assert torch.equal(sm.tail(cut.id)(*odd), ref), f"cut {cut.id} ({cut.name})"
+    assert strided >= 3  # the model does make transposed, selected and expanded tensors cross
 
 
 def test_parameters_and_buffers_never_cross():
