@@ -1,8 +1,9 @@
 """Measure what the planner needs on this machine: head latency per cut, bytes and codec times.
 
 ``profile_device(sm)`` times every graph node over a few runs of the whole model (one pass per
-repeat instead of one per cut), and a cut's head latency is the median over runs of that run's
-time up to the cut (not a sum of per-node medians, which would miss stalls); it encodes/decodes
+repeat instead of one per cut), scaled to the plain run time of the whole model (timing each
+node has its own cost), and a cut's head latency is the median over runs of that run's time up
+to the cut (not a sum of per-node medians, which would miss stalls); it encodes/decodes
 every cut's real crossing tensors with every codec: bytes sent, encode and decode time, and the
 codec's error on that data (sizes depend on the data: zstd on post-ReLU activations).
 ``profile_edge_locally(sm)`` measures tail latencies the same way, for offline planning, and
@@ -61,6 +62,22 @@ def _codec_cost(name: str, tensors: Sequence[torch.Tensor], repeats: int) -> Cod
                      encode_s=encode_s, decode_s=decode_s, error=error)
 
 
+def _calibrated_runs(sm: Any, inputs: Sequence[torch.Tensor], repeats: int
+                     ) -> list[list[float]]:
+    """Per-node times of ``repeats`` runs, scaled so a run sums to the plain (un-instrumented)
+    time of the whole model. Timing every node costs Python work per node; on a throttled
+    device (a CPU quota) that overhead is stretched with everything else and made per-cut
+    predictions ~40 % high. The split between nodes comes from the timed runs, the total
+    from plain runs, as the device will execute them."""
+    runs = sm.segment_time_runs(inputs, repeats)
+    plain, _ = _median_time(lambda: sm(*inputs), repeats)
+    timed = statistics.median(sum(run) for run in runs)
+    if timed <= 0:
+        return runs
+    scale = min(max(plain / timed, 0.1), 2.0)
+    return [[t * scale for t in run] for run in runs]
+
+
 def _median_prefix(runs: Sequence[Sequence[float]], end: int) -> float:
     """Median over runs of the time of nodes [0, end): a head's latency as one run sees it."""
     return float(statistics.median(sum(run[:end]) for run in runs))
@@ -86,7 +103,7 @@ def profile_device(sm: Any, inputs: Sequence[torch.Tensor] | None = None, *,
     for name in codecs:
         get_codec(name)  # unknown names fail before any measuring
     inputs = tuple(inputs) if inputs is not None else tuple(t[:1] for t in sm.example_inputs)
-    runs = sm.segment_time_runs(inputs, repeats)
+    runs = _calibrated_runs(sm, inputs, repeats)
     last = len(sm.cuts) - 1
     ids = sorted({0, last, *(cut_ids if cut_ids is not None else range(len(sm.cuts)))})
     show = _progress(progress)
@@ -120,7 +137,7 @@ def profile_edge_locally(sm: Any, inputs: Sequence[torch.Tensor] | None = None, 
     if speedup <= 0:
         raise ValueError(f"speedup must be > 0, got {speedup}")
     inputs = tuple(inputs) if inputs is not None else tuple(t[:1] for t in sm.example_inputs)
-    runs = sm.segment_time_runs(inputs, repeats)
+    runs = _calibrated_runs(sm, inputs, repeats)
     tail_s = {c.id: float(statistics.median(sum(run[sm.cut_position(c.id) + 1:])
                                             for run in runs)) / speedup for c in sm.cuts}
     return EdgeProfile(model=sm.name, fingerprint=sm.fingerprint, tail_s=tail_s)
@@ -128,5 +145,4 @@ def profile_edge_locally(sm: Any, inputs: Sequence[torch.Tensor] | None = None, 
 
 def edge_profile_from_info(info: Any) -> EdgeProfile:
     """An EdgeProfile from a ``splitinfer.wire.convert.ModelInfo`` (the edge's GetModelInfo)."""
-    return EdgeProfile(model=info.model, fingerprint=info.fingerprint,
-                       tail_s=dict(info.tail_latency_s), queue_s=info.queue_delay_s)
+    return EdgeProfile.from_model_info(info)

@@ -176,6 +176,13 @@ class EdgeProfile:
                 "response_encode_s": self.response_encode_s}
 
     @classmethod
+    def from_model_info(cls, info: Any) -> "EdgeProfile":
+        """From an edge node's GetModelInfo answer (``splitinfer.wire.convert.ModelInfo``):
+        its measured tail time per cut and current queue delay."""
+        return cls(model=info.model, fingerprint=info.fingerprint,
+                   tail_s=dict(info.tail_latency_s), queue_s=info.queue_delay_s)
+
+    @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> "EdgeProfile":
         return cls(model=str(obj["model"]), fingerprint=str(obj["fingerprint"]),
                    tail_s={int(k): float(v) for k, v in obj["tail_s"].items()},
