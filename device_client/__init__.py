@@ -1,1 +1,24 @@
-"""The splitinfer device client SDK: run the head, send to the edge, fall back locally."""
+"""The device client SDK: run a split model's head here, its tail on an edge node, always answer.
+
+::
+
+    from device_client import SplitClient
+    client = SplitClient("bundle/", edges=["edge:50051"], cut="auto", codec="auto",
+                         deadline_s=0.2, fallback="local")
+    y = client.infer(x)
+
+``SplitClient`` (blocking) and ``AsyncSplitClient`` (asyncio) share one implementation. Importing
+this package does not import torch: with ``head="onnx"`` the head runs on ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+from .aio import AsyncSplitClient, InferOutcome
+from .breaker import BreakerPolicy
+from .client import SplitClient
+from .edges import TLS
+from .planning import ClientPlan
+from .stats import ClientStats, EdgeStats, ShadowStats
+
+__all__ = ["SplitClient", "AsyncSplitClient", "InferOutcome", "BreakerPolicy", "TLS",
+           "ClientPlan", "ClientStats", "EdgeStats", "ShadowStats"]

@@ -17,7 +17,9 @@
      │    ├── Unauthenticated       UNAUTHENTICATED: missing or wrong token
      │    ├── DeadlinePassed        DEADLINE_EXCEEDED: the deadline passed before compute
      │    └── ShuttingDown          UNAVAILABLE: the node is draining
-     └── PlanningError              the planner found no (cut, codec) within the constraints
+     ├── PlanningError              the planner found no (cut, codec) within the constraints
+     └── EdgeUnavailable            (device client) no edge answered in time and local fallback
+                                    is off or impossible
 
 Every message says what was wrong, what the limit or the expectation was, and, where there is
 one, how to fix it. Low-level errors (torch, zstd, protobuf) are wrapped with ``raise ... from``.
@@ -41,6 +43,7 @@ __all__ = [
     "DeadlinePassed",
     "ShuttingDown",
     "PlanningError",
+    "EdgeUnavailable",
 ]
 
 
@@ -118,3 +121,8 @@ class ShuttingDown(ServingError):
 
 class PlanningError(SplitInferError):
     """No (cut, codec) survives the constraints, or the profiles do not belong together."""
+
+
+class EdgeUnavailable(SplitInferError):
+    """The device client got no answer from any edge node in time, and could not (or was told
+    not to) run the tail on the device."""

@@ -1,0 +1,108 @@
+"""The plan a client runs with: a cut and a codec, and where they came from.
+
+``ClientPlan`` wraps the planner's ``Plan`` (when there was one to make) with what the caller
+fixed: a cut, a codec, or neither. ``make_plan`` is pure: profiles and a link in, plan out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from splitinfer.errors import PlanningError
+from splitinfer.link import Link
+from splitinfer.planner import Constraints, Plan, choose
+from splitinfer.profiles import DeviceProfile, EdgeProfile
+
+__all__ = ["ClientPlan", "make_plan", "load_device_profile", "profile_cut_ids",
+           "DEFAULT_CLIENT_CODECS"]
+
+#: codecs a client profiles and plans over unless told otherwise
+DEFAULT_CLIENT_CODECS = ("fp32", "fp16", "int8+zstd")
+
+
+@dataclass(frozen=True)
+class ClientPlan:
+    """The cut and codec in force. ``codec`` None: the whole model runs on the device.
+
+    ``reason``: "planner" (chosen for the measured link), "fixed" (the caller gave cut and
+    codec), or why the client runs on the device only ("no edge reachable", ...).
+    ``predicted_s`` and ``plan`` (the planner's breakdown and ranked alternatives) are None
+    when there were no profiles to plan from.
+    """
+
+    cut_id: int
+    cut_name: str
+    codec: str | None
+    reason: str
+    predicted_s: float | None = None
+    link: Link | None = None
+    plan: Plan | None = None
+
+    def describe(self) -> str:
+        where = "device only" if self.codec is None else f"cut {self.cut_id} ({self.cut_name}) " \
+                                                          f"with {self.codec}"
+        pred = "" if self.predicted_s is None else f", predicted {self.predicted_s * 1e3:.1f} ms"
+        return f"{where} [{self.reason}{pred}]"
+
+
+def load_device_profile(value: Any, fingerprint: str) -> DeviceProfile | None:
+    """``value``: None, a DeviceProfile, or a path to its JSON; checked against the bundle."""
+    if value is None:
+        return None
+    if isinstance(value, (str, Path)):
+        import json
+
+        try:
+            value = DeviceProfile.from_json(json.loads(Path(value).read_text()))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"device_profile {str(value)!r} is not a readable DeviceProfile "
+                             f"JSON ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(value, DeviceProfile):
+        raise ValueError(f"device_profile is a {type(value).__name__}; expected a DeviceProfile "
+                         f"or the path of its JSON")
+    if value.fingerprint != fingerprint:
+        raise ValueError(f"device_profile is for fingerprint {value.fingerprint[:16]}…, the "
+                         f"bundle is {fingerprint[:16]}…; profile this bundle")
+    return value
+
+
+def profile_cut_ids(n_cuts: int, cut: int | None, most: int) -> list[int]:
+    """Cuts to profile: the fixed one, or all (at most ``most``, evenly spaced), plus ends."""
+    last = n_cuts - 1
+    if cut is not None:
+        return sorted({0, cut, last})
+    if n_cuts <= most:
+        return list(range(n_cuts))
+    return sorted({0, last, *(int(round(c)) for c in np.linspace(0, last, most))})
+
+
+def make_plan(device: DeviceProfile, edge: EdgeProfile, link: Link, *, cut: int | None,
+              codec: str | None, objective: str, constraints: Constraints,
+              cut_names: Sequence[str]) -> ClientPlan:
+    """Plan over the profiles; a fixed ``cut``/``codec`` narrows the candidates to it."""
+    if codec is not None:
+        constraints = dataclasses.replace(constraints, codecs=(codec,))
+    plan = choose(device, edge, link, objective=objective, constraints=constraints)
+    best = plan.alternatives[0]
+    if cut is not None:
+        best = next((a for a in plan.alternatives if a.cut_id == cut), None)
+        if best is None:
+            raise PlanningError(f"cut {cut} is not a candidate: {'; '.join(plan.notes) or 'the '}"
+                                f"edge has not profiled it yet or a constraint removes it")
+        plan = dataclasses.replace(plan, cut_id=best.cut_id, cut_name=best.cut_name,
+                                   codec=best.codec, predicted_s=best.breakdown.total_s,
+                                   breakdown=best.breakdown)
+    return ClientPlan(cut_id=best.cut_id, cut_name=cut_names[best.cut_id], codec=best.codec,
+                      reason="fixed" if cut is not None and codec is not None else "planner",
+                      predicted_s=best.breakdown.total_s, link=link, plan=plan)
+
+
+def objective_of(plan: Plan, cut_id: int, codec: str | None) -> float | None:
+    """The objective value ``plan`` gives (cut_id, codec), or None if it is not a candidate."""
+    return next((a.objective_value for a in plan.alternatives
+                 if a.cut_id == cut_id and a.codec == codec), None)

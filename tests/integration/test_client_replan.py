@@ -1,0 +1,80 @@
+"""The client follows the link: slow it down through the link emulator and the cut moves.
+
+The device profile is the real one of this machine with its head times scaled so the whole model
+takes 100 ms on the "device" (several times the edge's time), so on a fast link sending the input
+(cut 0, ~12 KB) wins and on 1 Mbit/s (~100 ms for those bytes alone) computing further on the
+device and sending a small activation, or nothing, wins.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from device_client import SplitClient
+from device_client.estimator import LinkEstimator
+from splitinfer.link import Link
+from splitinfer.netem import LinkEmulator, LinkShape
+from splitinfer.profiler import profile_device
+
+from .conftest import edge_config, wait_until
+
+SLOW = LinkShape(rate_bps=1e6, delay_s=0.01, burst_bytes=1500)
+
+
+@pytest.fixture(scope="module")
+def slow_device(bundles):
+    sm = bundles.resnet
+    ids = [0, 5, 15, 30, 45, 60, 66, 68, len(sm.cuts) - 1]
+    prof = profile_device(sm, codecs=("fp32", "int8+zstd"), repeats=2, cut_ids=ids)
+    scale = 0.1 / prof.cuts[-1].head_s
+    return dataclasses.replace(prof, cuts=tuple(dataclasses.replace(c, head_s=c.head_s * scale)
+                                                for c in prof.cuts))
+
+
+def test_the_client_switches_cut_when_the_link_slows_and_back_when_it_recovers(
+        nodes, bundles, tmp_path, slow_device):
+    node = nodes(edge_config(bundles.repo(tmp_path / "repo", ("resnet18", "1")),
+                             max_batch_size=1))
+    x = torch.randn(1, 3, 64, 64)
+    with LinkEmulator(("127.0.0.1", node.node.port)) as proxy, \
+            SplitClient(bundles.path("resnet18", "1"), edges=[f"127.0.0.1:{proxy.port}"],
+                        cut="auto", codec="auto", device_profile=slow_device, deadline_s=10.0,
+                        probe_interval_s=0.2, fallback="error") as client:
+        fast = client.plan
+        assert fast.reason == "planner" and fast.cut_id == 0  # the device is slow: send it all
+        for _ in range(3):
+            client.infer(x)
+        proxy.set_shape(SLOW)
+        for _ in range(10):
+            assert torch.allclose(client.infer(x), bundles.resnet(x), atol=0.05)
+            if client.plan.cut_id != fast.cut_id:
+                break
+        slow = client.plan
+        assert slow.cut_id > fast.cut_id, f"still {slow.describe()} on 1 Mbit/s"
+        assert slow.link.bandwidth_bps < 2e6  # the estimate that made it switch
+        switches = client.stats.plan_switches
+        assert switches >= 1
+
+        proxy.set_shape(LinkShape())  # unshaped again: background probes must notice
+        wait_until(lambda: client.plan.cut_id == fast.cut_id, timeout=30,
+                   what="the plan to return to cut 0 on the fast link")
+        assert client.stats.plan_switches == switches + 1
+        assert torch.allclose(client.infer(x), bundles.resnet(x), atol=0.05)
+
+
+def test_estimator_hysteresis_ignores_noise_and_follows_a_real_change():
+    est = LinkEstimator(Link(rtt_s=0.02, bandwidth_bps=10e6))
+    start = est.link
+    for nbytes, seconds in [(100_000, 0.02 + 0.08 * 1.2), (100_000, 0.02 + 0.08 * 0.9)]:
+        est.add_transfer(nbytes, seconds)   # +-20 % noise around 10 Mbit/s
+    assert not est.moved(start)
+    for _ in range(3):
+        est.add_transfer(100_000, 0.02 + 0.8)  # now 1 Mbit/s
+    assert est.moved(start)
+    assert est.link.bandwidth_bps == pytest.approx(1e6, rel=0.05)
+    for _ in range(3):
+        est.add_rtt(0.1)
+    assert est.link.rtt_s == pytest.approx(0.1)
