@@ -4,8 +4,11 @@
 
 One run, side by side, on this machine:
 
-- Model: torchvision ResNet-18 (random weights, seed 0), one 1x3x224x224 input (--quick:
-  1x3x96x96), exported as a bundle into a temporary model repository.
+- Model: torchvision MobileNetV2 by default (--model resnet18 for ResNet-18; random weights,
+  seed 0), one 1x3x224x224 input (--quick: 1x3x96x96), exported as a bundle into a temporary
+  model repository. MobileNetV2 is the phone-class model this product is for, and its
+  activations shrink early (the input is 150 K values, block 6's output 25 K), so there are
+  links where a split beats both baselines; ResNet-18's stay larger than its input for longer.
 - Edge: one real ``splitinfer-edge`` process (``--torch-threads 2 --workers 1
   --max-batch-size 1 --profile-tails true``); its profile comes from ``GetModelInfo``.
 - Device: this process with one torch thread, confined by ``--device-cpu-quota Q`` (default
@@ -41,7 +44,6 @@ import platform  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
-import threading  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
@@ -53,6 +55,7 @@ import torchvision  # noqa: E402
 from benchmarks._edgeutil import start_edge  # noqa: E402
 from benchmarks._splitclient import SplitClient, Timing  # noqa: E402
 from splitinfer.bundle import load_bundle, save_bundle  # noqa: E402
+from splitinfer.cpuquota import DeviceQuota  # noqa: E402
 from splitinfer.link import Link  # noqa: E402
 from splitinfer.netem import LinkEmulator, LinkShape  # noqa: E402
 from splitinfer.partition import partition  # noqa: E402
@@ -73,13 +76,17 @@ CUT_BUDGET_S = 15.0  # seconds one configuration may take (warm-up + repeats) be
 
 # ---- setup --------------------------------------------------------------------------------------
 
-def export_model(repo: Path, side: int) -> tuple[Any, str, torch.Tensor]:
-    """ResNet-18 (seed 0) as a bundle in ``repo``; the SplitModel loaded back, as the edge has it."""
+MODELS = {"mobilenet_v2": "MobileNetV2", "resnet18": "ResNet-18"}
+
+
+def export_model(repo: Path, name: str, side: int) -> tuple[Any, str, torch.Tensor]:
+    """The model (seed 0) as a bundle in ``repo``; the SplitModel loaded back, as the edge has
+    it."""
     torch.manual_seed(0)
-    model = torchvision.models.resnet18().eval()
+    model = getattr(torchvision.models, name)().eval()
     x = torch.randn(1, 3, side, side)
-    save_bundle(partition(model, (x,), name="resnet18"), repo / "resnet18" / "1")
-    sm = load_bundle(repo / "resnet18" / "1")
+    save_bundle(partition(model, (x,), name=name), repo / name / "1")
+    sm = load_bundle(repo / name / "1")
     return sm, "1", x
 
 
@@ -206,7 +213,7 @@ def print_table(rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
     print("(gain: the better of device-only and edge-only over the chosen, > 1 means faster)")
 
 
-def plot(rows: list[dict[str, Any]], path: Path) -> None:
+def plot(rows: list[dict[str, Any]], path: Path, model: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -225,7 +232,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     for i, r in enumerate(rows):  # which cut the planner took, over its bar
         ax.annotate(f"cut {r['chosen_cut']}", (x[i] - 1.5 * width, r["chosen_ms"]),
                     ha="center", va="bottom", fontsize=7)
-    ax.set_title("ResNet-18: planner's choice vs alternatives, per link", fontsize=10)
+    ax.set_title(f"{MODELS[model]}: planner's choice vs alternatives, per link", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -239,7 +246,7 @@ def links(args: argparse.Namespace) -> list[tuple[int, int]]:
 
 
 def run(args: argparse.Namespace, repo: Path) -> dict[str, Any]:
-    sm, version, x = export_model(repo, args.side)
+    sm, version, x = export_model(repo, args.model, args.side)
     node = start_edge(repo, *EDGE_FLAGS)  # before the device quota: the edge is not confined
     quota = DeviceQuota(args.device_cpu_quota).__enter__()
     print(f"profiling the device (1 thread, {len(sm.cuts)} cuts, codecs {', '.join(CODECS)})…",
@@ -278,48 +285,13 @@ def run(args: argparse.Namespace, repo: Path) -> dict[str, Any]:
             "cuts": len(sm.cuts)}
 
 
-class DeviceQuota:
-    """Confine the calling thread to ``cores`` CPUs' worth of time (cgroup v1 cpu controller)."""
-
-    ROOT = Path("/sys/fs/cgroup/cpu")
-
-    def __init__(self, cores: float) -> None:
-        self.cores = cores
-        self.group: Path | None = None
-
-    def __enter__(self) -> "DeviceQuota":
-        if self.cores <= 0:
-            return self
-        group = self.ROOT / f"splitinfer-device-{os.getpid()}"
-        try:
-            group.mkdir()
-            (group / "cpu.cfs_period_us").write_text("10000")
-            (group / "cpu.cfs_quota_us").write_text(str(int(10000 * self.cores)))
-            (group / "tasks").write_text(str(threading.get_native_id()))
-            self.group = group
-        except OSError as exc:
-            print(f"warning: no CPU quota for the device ({exc}); it runs at full speed",
-                  flush=True)
-            if group.exists():
-                group.rmdir()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.group is not None:
-            # threads started under the quota inherited it: move every one back, then remove
-            for tid in (self.group / "tasks").read_text().split():
-                try:
-                    (self.ROOT / "tasks").write_text(tid)
-                except OSError:
-                    pass  # the thread ended meanwhile
-            self.group.rmdir()
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.planner_validation",
                                  description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="96x96 input, 2 links, 3 sampled cuts")
+    ap.add_argument("--model", choices=sorted(MODELS), default="mobilenet_v2",
+                    help="torchvision model to split (default mobilenet_v2)")
     ap.add_argument("--estimate-only", action="store_true",
                     help="profile, plan and print the time estimate; measure nothing")
     ap.add_argument("--repeats", type=int, default=None, help="timed runs per configuration")
@@ -356,14 +328,15 @@ def report(args: argparse.Namespace, res: dict[str, Any], wall_s: float) -> bool
               f"({w['gain_vs_best_baseline']:.2f}x)")
     meta = {"cores": os.cpu_count(), "python": platform.python_version(),
             "torch": torch.__version__, "processor": platform.processor() or platform.platform(),
-            "quick": args.quick, "input": [1, 3, args.side, args.side], "edge_flags": EDGE_FLAGS,
+            "model": args.model, "quick": args.quick, "input": [1, 3, args.side, args.side],
+            "edge_flags": EDGE_FLAGS,
             "codecs": CODECS, "repeats": args.repeats, "wall_s": round(wall_s, 1)}
     out = {"meta": meta, **{k: v for k, v in res.items() if k != "rows"}, "rows": rows,
            "summary": summary, "targets": targets}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2))
     png = args.out.with_suffix(".png")
-    plot(rows, png)
+    plot(rows, png, args.model)
     print(f"wrote {args.out} and {png} ({wall_s:.0f} s)")
     return all(t["pass"] for t in targets.values())
 

@@ -3,8 +3,9 @@
 ::
 
     splitinfer export torchvision.models:resnet18 --example-shape 1,3,224,224 -o bundles/r18
+    splitinfer export --from-bundle bundles/r18 --onnx --cut 12
     splitinfer inspect bundles/r18
-    splitinfer demo
+    splitinfer demo                 # split inference live; --offline: the codec demo
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import importlib
 import io
 import json
 import logging
+import os
 import sys
 from typing import Any, Sequence
 
@@ -88,9 +90,64 @@ def _quiet_torch(args: argparse.Namespace) -> Any:
     return contextlib.redirect_stderr(io.StringIO())
 
 
+def _check_export_args(args: argparse.Namespace) -> None:
+    """The combinations argparse cannot express: a new bundle or --from-bundle, ONNX cuts."""
+    if args.model and args.from_bundle:
+        raise SplitInferError("give either MODULE:FACTORY (export a new bundle) or "
+                              "--from-bundle DIR (add ONNX files to a bundle), not both")
+    if not args.model and not args.from_bundle:
+        raise SplitInferError("nothing to export: give MODULE:FACTORY (with --example-shape and "
+                              "-o DIR), or --from-bundle DIR --onnx --cut ID")
+    if args.cut and not args.onnx:
+        raise SplitInferError("--cut selects the cuts to write as ONNX: add --onnx")
+    if args.onnx and not args.cut:
+        raise SplitInferError("--onnx needs at least one --cut ID (an id or a name; "
+                              "`splitinfer inspect DIR` lists them)")
+    if args.from_bundle:
+        if not args.onnx:
+            raise SplitInferError("--from-bundle only adds ONNX files: add --onnx --cut ID")
+        if args.output or args.example_shape:
+            raise SplitInferError("--from-bundle writes into DIR/onnx: drop -o and "
+                                  "--example-shape")
+    elif not args.example_shape or not args.output:
+        raise SplitInferError("exporting MODULE:FACTORY needs --example-shape and -o DIR")
+
+
+def _resolve_cuts(manifest: Any, keys: Sequence[str]) -> list[int]:
+    """Cut ids for ``--cut`` values (ids or names), checked against the manifest."""
+    by_name = {c.name: c.id for c in manifest.cuts}
+    ids = []
+    for key in keys:
+        if key.isdigit() and int(key) < len(manifest.cuts):
+            ids.append(int(key))
+        elif key in by_name:
+            ids.append(by_name[key])
+        else:
+            raise SplitInferError(f"unknown --cut {key!r}: {manifest.name} has cuts "
+                                  f"0..{len(manifest.cuts) - 1}, named e.g. "
+                                  f"{[c.name for c in manifest.cuts[1:4]]} (`splitinfer "
+                                  "inspect` lists them)")
+    return list(dict.fromkeys(ids))
+
+
+def _export_onnx(args: argparse.Namespace, directory: str) -> None:
+    from .bundle import read_manifest
+    from .onnx_export import export_onnx
+
+    cut_ids = _resolve_cuts(read_manifest(directory), args.cut)
+    with _quiet_torch(args):
+        out = export_onnx(directory, cut_ids, tail=not args.no_onnx_tail, opset=args.onnx_opset)
+    print(f"wrote ONNX {'heads' if args.no_onnx_tail else 'heads and tails'} for cut(s) "
+          f"{', '.join(map(str, cut_ids))} to {out} (checked against torch)")
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from .bundle import export_bundle
 
+    _check_export_args(args)
+    if args.from_bundle:
+        _export_onnx(args, args.from_bundle)
+        return 0
     factory = _load_factory(args.model)
     try:
         kwargs = json.loads(args.factory_kwargs) if args.factory_kwargs else {}
@@ -113,6 +170,8 @@ def cmd_export(args: argparse.Namespace) -> int:
                                  max_cut_tensors=args.max_cut_tensors)
     print(f"wrote bundle {args.output}: {manifest.name} v{manifest.version}, "
           f"{len(manifest.cuts)} cuts, fingerprint {manifest.fingerprint[:16]}")
+    if args.onnx:
+        _export_onnx(args, args.output)
     return 0
 
 
@@ -135,9 +194,30 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    if args.offline:
+        from .demo import run_demo
 
-    return run_demo(args, quiet=_quiet_torch(args))
+        args.model = args.model or "torchvision.models:resnet18"
+        args.out = args.out or ".demo/offline.json"
+        return run_demo(args, quiet=_quiet_torch(args))
+    from .cli_demo import run_live  # imports torch, grpc and the device client: only here
+
+    args.model = args.model or "mobilenet_v3_small"
+    args.out = args.out or ".demo"
+    for name, low in (("requests", 1), ("input_size", 32)):
+        if getattr(args, name) < low:
+            raise SplitInferError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be "
+                                  f">= {low}")
+    if not 0 <= args.device_cpu_quota <= 64 or not args.deadline > 0:
+        raise SplitInferError("--device-cpu-quota must be 0 (off) to 64 cores and --deadline "
+                              "> 0 seconds")
+    try:
+        with _quiet_torch(args):
+            return run_live(args)
+    except KeyboardInterrupt:
+        print("splitinfer demo: interrupted; the edge node, link emulator and CPU quota are "
+              "stopped", file=sys.stderr)
+        return 130
 
 
 def _parse_address(text: str) -> tuple[str, int]:
@@ -194,24 +274,47 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="logging level")
     sub = p.add_subparsers(dest="command", required=True)
 
-    e = sub.add_parser("export", help="partition a model and write a bundle")
-    e.add_argument("model", help="MODULE:FACTORY that returns an nn.Module "
-                                 "(e.g. torchvision.models:resnet18)")
-    e.add_argument("--example-shape", type=_parse_shape, action="append", required=True,
+    e = sub.add_parser(
+        "export", help="partition a model and write a bundle (and ONNX heads/tails)",
+        description="Partition a model and write a bundle; with --onnx --cut ID also write "
+                    "the ONNX head and tail of those cuts (DIR/onnx/, for devices without "
+                    "torch). `export --from-bundle DIR --onnx --cut ID` adds ONNX files to an "
+                    "existing bundle.",
+        epilog="examples:\n  splitinfer export torchvision.models:resnet18 --example-shape "
+               "1,3,224,224 -o r18 --onnx --cut 12\n  splitinfer export --from-bundle r18 "
+               "--onnx --cut layer3.1.relu",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    e.add_argument("model", nargs="?", help="MODULE:FACTORY that returns an nn.Module "
+                                            "(e.g. torchvision.models:resnet18); leave out "
+                                            "with --from-bundle")
+    e.add_argument("--example-shape", type=_parse_shape, action="append",
                    help="shape of one example input, dim 0 the batch (repeat for several "
-                        "inputs), e.g. 1,3,224,224")
+                        "inputs), e.g. 1,3,224,224 (required with MODULE:FACTORY)")
     e.add_argument("--example-dtype", action="append",
                    help="dtype of each example input (default float32), e.g. int64")
     e.add_argument("--int-high", type=int, default=100,
                    help="integer example inputs are drawn from [0, INT_HIGH) (default 100)")
     e.add_argument("--factory-kwargs", help="JSON object passed to FACTORY as keywords")
-    e.add_argument("-o", "--output", required=True, help="bundle directory to write")
+    e.add_argument("-o", "--output", help="bundle directory to write (required with "
+                                          "MODULE:FACTORY)")
     e.add_argument("--name", help="model name (default: the factory's name)")
     e.add_argument("--version", default="1", help="model version (default 1)")
     e.add_argument("--max-cut-tensors", type=int, default=4,
                    help="offer only cuts where at most this many tensors cross (default 4)")
     e.add_argument("--seed", type=int, default=0, help="seed for the example inputs")
     e.add_argument("--force", action="store_true", help="replace an existing bundle")
+    e.add_argument("--onnx", action="store_true",
+                   help="also write the ONNX head and tail of every --cut into DIR/onnx/ "
+                        "(checked against torch at batch 1 and 3); needs onnx, onnxscript "
+                        "and onnxruntime")
+    e.add_argument("--cut", action="append", metavar="ID",
+                   help="cut id or name to write as ONNX (repeat for several); with --onnx")
+    e.add_argument("--from-bundle", metavar="DIR",
+                   help="add ONNX files to this existing bundle instead of exporting a model")
+    e.add_argument("--no-onnx-tail", action="store_true",
+                   help="write only the ONNX heads (what a device runs)")
+    e.add_argument("--onnx-opset", type=int, default=None,
+                   help="ONNX opset (default: the exporter's)")
     e.set_defaults(func=cmd_export)
 
     i = sub.add_parser("inspect", help="list a bundle's cuts")
@@ -219,15 +322,47 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true", help="print the manifest as JSON")
     i.set_defaults(func=cmd_inspect)
 
-    d = sub.add_parser("demo", help="partition a model, encode what crosses each cut, "
-                                    "decode, compare")
-    d.add_argument("--model", default="torchvision.models:resnet18",
-                   help="MODULE:FACTORY (default torchvision.models:resnet18)")
-    d.add_argument("--example-shape", type=_parse_shape, default=(1, 3, 224, 224))
+    d = sub.add_parser(
+        "demo", help="split inference live: edge node, emulated link, planner, baselines",
+        description="Run the product end to end on this machine: a MobileNetV3-Small bundle (random "
+                    "weights, built once under .demo/), a real edge node subprocess, a link "
+                    "emulator (default 20 Mbit/s, 40 ms RTT) and the device client, which "
+                    "plans a cut and codec; then the same requests device-only and edge-only. "
+                    "Prints p50/p95 latency and bytes per request, writes DIR/demo.json and "
+                    "DIR/demo.png. --offline: the codec demo without a network (partition, "
+                    "encode/decode at a few cuts, compare).")
+    d.add_argument("--offline", action="store_true",
+                   help="the offline codec demo (flags --model MODULE:FACTORY, "
+                        "--example-shape, --codecs, --cuts, --out FILE.json)")
+    d.add_argument("--model", default=None,
+                   help="live: a torchvision classification model name (default "
+                        "mobilenet_v3_small); --offline: MODULE:FACTORY (default "
+                        "torchvision.models:resnet18)")
+    d.add_argument("--input-size", type=int, default=224,
+                   help="live: input side, the input is 1x3xNxN (default 224)")
+    d.add_argument("--rate", type=_arg_type(parse_rate),
+                   default=os.environ.get("SPLITINFER_DEMO_RATE", "20mbit"),
+                   help="live: link rate each way (default $SPLITINFER_DEMO_RATE or 20mbit)")
+    d.add_argument("--rtt", type=_arg_type(parse_duration),
+                   default=os.environ.get("SPLITINFER_DEMO_RTT", "40ms"),
+                   help="live: link round-trip time (default $SPLITINFER_DEMO_RTT or 40ms)")
+    d.add_argument("--requests", type=int, default=60,
+                   help="live: timed requests per mode (default 60)")
+    d.add_argument("--device-cpu-quota", type=float, default=0.1,
+                   help="live: CPU cores the device may use, via a cgroup-v1 quota where "
+                        "writable, to make it slower than the edge (default 0.1; 0 = off)")
+    d.add_argument("--deadline", type=float, default=2.0,
+                   help="live: per-request deadline in seconds before the local fallback "
+                        "(default 2)")
+    d.add_argument("--example-shape", type=_parse_shape, default=(1, 3, 224, 224),
+                   help="--offline: the input shape")
     d.add_argument("--codecs", default="fp32,fp16,bf16,int8,int8+zstd",
-                   help="comma-separated codecs to compare")
-    d.add_argument("--cuts", type=int, default=8, help="how many cuts to show (spread evenly)")
-    d.add_argument("--out", default=".demo/demo.json", help="where to write the JSON result")
+                   help="--offline: comma-separated codecs to compare")
+    d.add_argument("--cuts", type=int, default=8,
+                   help="--offline: how many cuts to show (spread evenly)")
+    d.add_argument("--out", default=None,
+                   help="live: output folder (default .demo); --offline: the JSON file "
+                        "(default .demo/offline.json)")
     d.set_defaults(func=cmd_demo)
 
     from .cli_plan import add_parser as add_plan_parser

@@ -95,7 +95,7 @@ def test_bad_input_gets_a_clear_error(tmp_path, args, message):
 def test_demo_runs_and_shows_lossless_split_is_exact(tmp_path):
     pytest.importorskip("torchvision")
     out = tmp_path / "demo.json"
-    proc = _run("demo", "--cuts", "3", "--example-shape", "1,3,64,64", "--codecs",
+    proc = _run("demo", "--offline", "--cuts", "3", "--example-shape", "1,3,64,64", "--codecs",
                 "fp32,int8+zstd", "--out", str(out))
     assert "fp32 split == whole model at every cut shown: yes" in proc.stdout
     rows = json.loads(out.read_text())["rows"]

@@ -208,8 +208,11 @@ def resnet(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
 
 @pytest.fixture(scope="module")
 def resnet_edge(resnet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EdgeProcess]:
-    # DEBUG: the per-request "infer ok" line carries request_id and model_version
-    node = _start_edge(resnet[0], tmp_path_factory.mktemp("resnet_edge"), "--log-level", "DEBUG")
+    # DEBUG: the per-request "infer ok" line carries request_id and model_version. The same
+    # thread count as this process: conv kernels sum in a thread-dependent order, and the
+    # exactness test compares bits with a local run
+    node = _start_edge(resnet[0], tmp_path_factory.mktemp("resnet_edge"), "--log-level", "DEBUG",
+                       "--torch-threads", str(torch.get_num_threads()))
     yield node
     node.stop()
 
