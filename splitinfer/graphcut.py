@@ -187,19 +187,22 @@ def _op_name(n: fx.Node, root: nn.Module | None = None) -> str:
 
 
 class _Timer(fx.Interpreter):
-    """Runs the graph and adds each node's own wall time (interpreter overhead excluded)."""
+    """Runs the graph and adds each node's own time by ``clock`` (interpreter overhead
+    excluded)."""
 
-    def __init__(self, gm: fx.GraphModule, times: dict[fx.Node, list[float]]) -> None:
+    def __init__(self, gm: fx.GraphModule, times: dict[fx.Node, list[float]],
+                 clock: Callable[[], float] = time.perf_counter) -> None:
         super().__init__(gm)
         self.times = times
+        self.clock = clock
 
     def run_node(self, n: fx.Node) -> Any:
         if n.op in ("placeholder", "output", "get_attr"):
             return super().run_node(n)
         args, kwargs = self.fetch_args_kwargs_from_env(n)
-        start = time.perf_counter()
+        start = self.clock()
         result = getattr(self, n.op)(n.target, args, kwargs)
-        self.times.setdefault(n, []).append(time.perf_counter() - start)
+        self.times.setdefault(n, []).append(self.clock() - start)
         return result
 
 
@@ -304,15 +307,16 @@ class GraphCutter:
             return values[0]
         return None
 
-    def node_time_runs(self, inputs: tuple[torch.Tensor, ...], repeats: int
-                       ) -> list[list[float]]:
-        """Seconds per node (graph order) for each of ``repeats`` runs, after a warm-up run."""
+    def node_time_runs(self, inputs: tuple[torch.Tensor, ...], repeats: int,
+                       clock: Callable[[], float] = time.perf_counter) -> list[list[float]]:
+        """Seconds per node (graph order) for each of ``repeats`` runs, after a warm-up run;
+        ``clock`` measures (wall time by default; ``time.process_time`` for CPU time)."""
         runs = []
         with torch.no_grad():
-            _Timer(self.gm, {}).run(*inputs)
+            _Timer(self.gm, {}, clock).run(*inputs)
             for _ in range(max(1, repeats)):
                 times: dict[fx.Node, list[float]] = {}
-                _Timer(self.gm, times).run(*inputs)
+                _Timer(self.gm, times, clock).run(*inputs)
                 runs.append([times[n][0] if n in times else 0.0 for n in self.nodes])
         return runs
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import sys
+import time
 import types
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import fx, nn
@@ -216,13 +217,14 @@ class SplitModel:
         self.device = device
         return self
 
-    def segment_time_runs(self, inputs: Sequence[torch.Tensor], repeats: int = 3
+    def segment_time_runs(self, inputs: Sequence[torch.Tensor], repeats: int = 3,
+                          clock: Callable[[], float] = time.perf_counter
                           ) -> list[list[float]]:
         """Seconds of every graph node on ``inputs``, one list per run (0 for nodes that do no
         work). A segment's latency is the median over runs of the sum of its slice (a sum of
         per-node medians would miss stalls that hit a few nodes). One pass of the model per
         repeat, instead of one per cut."""
-        return self._cutter.node_time_runs(tuple(inputs), repeats)
+        return self._cutter.node_time_runs(tuple(inputs), repeats, clock)
 
     def cut_position(self, cut_id: int) -> int:
         """Index of the last graph node the head runs for ``cut_id``."""

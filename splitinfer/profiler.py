@@ -65,16 +65,17 @@ def _codec_cost(name: str, tensors: Sequence[torch.Tensor], repeats: int) -> Cod
 def _calibrated_runs(sm: Any, inputs: Sequence[torch.Tensor], repeats: int
                      ) -> list[list[float]]:
     """Per-node times of ``repeats`` runs, scaled so a run sums to the plain (un-instrumented)
-    time of the whole model. Timing every node costs Python work per node; on a throttled
-    device (a CPU quota) that overhead is stretched with everything else and made per-cut
-    predictions ~40 % high. The split between nodes comes from the timed runs, the total
-    from plain runs, as the device will execute them."""
-    runs = sm.segment_time_runs(inputs, repeats)
+    wall time of the whole model. The split between nodes is CPU time (``process_time``), the
+    total is wall time as the device will run it. Why: timing every node costs Python work
+    that a throttled device (a CPU quota) stretches with everything else (wall-clock per-node
+    sums were ~40 % high), and a throttled thread's stalls land on whichever node is running
+    when its budget runs out, which piled whole stalls onto a few cuts' heads."""
+    runs = sm.segment_time_runs(inputs, repeats, clock=time.process_time)
     plain, _ = _median_time(lambda: sm(*inputs), repeats)
     timed = statistics.median(sum(run) for run in runs)
     if timed <= 0:
         return runs
-    scale = min(max(plain / timed, 0.1), 2.0)
+    scale = plain / timed  # wall over CPU: ~1 on an idle core, 1/share under a CPU quota
     return [[t * scale for t in run] for run in runs]
 
 
