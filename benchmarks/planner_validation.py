@@ -10,7 +10,7 @@ One run, side by side, on this machine:
   is for, and its first block shrinks the input (~133 KB as int8+zstd) to ~30 KB after ~10 % of
   the compute, so there are links where a split beats both baselines; ResNet-18's and
   MobileNetV2's early activations are larger than their input.
-- Edge: one real ``splitinfer-edge`` process (``--torch-threads 2 --workers 1
+- Edge: one real ``splitinfer-edge`` process (``--torch-threads 1 --workers 1
   --max-batch-size 1 --profile-tails true``); its profile comes from ``GetModelInfo``.
 - Device: this process with one torch thread, confined by ``--device-cpu-quota Q`` (default
   0.1, as ``splitinfer demo``) to Q cores with a cgroup-v1 ``cpu`` group (10 ms period; the edge process is started
@@ -25,7 +25,9 @@ One run, side by side, on this machine:
 - Measured per link: an even sample of cuts (--quick: 3) plus the chosen cut, device-only and
   edge-only, each with the codec the planner ranks best for that cut; one measurement is head
   -> encode -> Infer through the proxy -> decode, median of N after one warm-up (N drops for
-  slow transfers so the full grid stays near 30 minutes; the estimate is printed first).
+  slow transfers so the full grid stays near 30 minutes; the estimate is printed first). Each
+  configuration's runs are consecutive: interleaving them was tried and was worse here, since
+  a throttled device carries its quota state from one configuration's run into the next.
 
 Targets: chosen/oracle latency <= 1.05 median and <= 1.15 worst over links (oracle: the
 fastest configuration measured); |predicted - measured| / measured <= 15 % (median) for the
@@ -40,6 +42,7 @@ for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ.setdefault(_var, "1")  # the device side is one thread; the edge sets its own
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
@@ -69,7 +72,10 @@ BANDWIDTHS_MBPS = (1, 10, 100, 1000)
 RTTS_MS = (5, 30, 100)
 QUICK_LINKS = ((10, 30), (1000, 5))
 CODECS = ("fp16", "int8+zstd", "fp32")
-EDGE_FLAGS = ("--torch-threads", "2", "--workers", "1", "--max-batch-size", "1",
+# one torch thread: on this 2-core machine a 2-thread OpenMP team in the edge's worker thread
+# ran MobileNetV3-Small 3x slower than one thread (two teams contend once the main thread has
+# used one), and the edge's background tail profile came out 2x its serving time
+EDGE_FLAGS = ("--torch-threads", "1", "--workers", "1", "--max-batch-size", "1",
               "--profile-tails", "true", "--log-level", "WARNING")
 TARGET_RATIO_MEDIAN, TARGET_RATIO_WORST, TARGET_PRED_ERR = 1.05, 1.15, 0.15
 CUT_BUDGET_S = 15.0  # seconds one configuration may take (warm-up + repeats) before N drops
@@ -249,39 +255,35 @@ def links(args: argparse.Namespace) -> list[tuple[int, int]]:
 
 def run(args: argparse.Namespace, repo: Path) -> dict[str, Any]:
     sm, version, x = export_model(repo, args.model, args.side)
-    node = start_edge(repo, *EDGE_FLAGS)  # before the device quota: the edge is not confined
-    quota = DeviceQuota(args.device_cpu_quota).__enter__()
-    print(f"profiling the device (1 thread, {len(sm.cuts)} cuts, codecs {', '.join(CODECS)})…",
-          flush=True)
-    try:
+    with contextlib.ExitStack() as stack:
+        # the edge and the link emulator are started before the device quota, so neither is
+        # confined by it (threads inherit their starter's cgroup): they are not the device
+        node = start_edge(repo, *EDGE_FLAGS)
+        stack.callback(node.stop)
+        proxy = stack.enter_context(LinkEmulator(("127.0.0.1", node.port)))
+        quota = stack.enter_context(DeviceQuota(args.device_cpu_quota))
+        print(f"profiling the device (1 thread, {len(sm.cuts)} cuts, codecs "
+              f"{', '.join(CODECS)})…", flush=True)
         device = profile_device(sm, (x,), codecs=CODECS, repeats=args.profile_repeats)
-    except BaseException:
-        quota.__exit__()
-        node.stop()
-        raise
-    rows: list[dict[str, Any]] = []
-    try:
-        with LinkEmulator(("127.0.0.1", node.port)) as proxy, \
-                SplitClient(f"127.0.0.1:{proxy.port}", sm, version, (x,)) as client:
-            edge = edge_profile_from_info(client.model_info())
-            ratio = device.cuts[-1].head_s / edge.tail_s[0]
-            print(f"device full model {device.cuts[-1].head_s * 1e3:.1f} ms (1 thread), edge "
-                  f"tail at cut 0 {edge.tail_s[0] * 1e3:.1f} ms: device/edge = {ratio:.2f}"
-                  + ("" if ratio > 1 else " — the device is NOT slower than the edge here "
-                     "(busy cores?), so splitting cannot pay off"), flush=True)
-            nominal = [choose(device, edge, Link(r / 1e3, b * 1e6)) for b, r in links(args)]
-            est = estimate_s(nominal, len(sm.cuts) - 1, args)
-            print(f"estimated measuring time for {len(nominal)} link(s): {est / 60:.1f} min",
-                  flush=True)
-            if args.estimate_only:
-                return {"estimate_s": est, "device_edge_ratio": ratio, "rows": []}
-            for bw, rtt in links(args):
-                print(f"link {bw} Mbit/s, RTT {rtt} ms:", flush=True)
-                rows.append(run_link(client, proxy, device, edge, bw, rtt, args))
-    finally:
-        quota.__exit__()
-        node.stop()
-    return {"device_cpu_quota": args.device_cpu_quota if quota.group else None,
+        client = stack.enter_context(SplitClient(f"127.0.0.1:{proxy.port}", sm, version, (x,)))
+        edge = edge_profile_from_info(client.model_info())
+        ratio = device.cuts[-1].head_s / edge.tail_s[0]
+        print(f"device full model {device.cuts[-1].head_s * 1e3:.1f} ms (1 thread), edge "
+              f"tail at cut 0 {edge.tail_s[0] * 1e3:.1f} ms: device/edge = {ratio:.2f}"
+              + ("" if ratio > 1 else " — the device is NOT slower than the edge here "
+                 "(busy cores?), so splitting cannot pay off"), flush=True)
+        nominal = [choose(device, edge, Link(r / 1e3, b * 1e6)) for b, r in links(args)]
+        est = estimate_s(nominal, len(sm.cuts) - 1, args)
+        print(f"estimated measuring time for {len(nominal)} link(s): {est / 60:.1f} min",
+              flush=True)
+        if args.estimate_only:
+            return {"estimate_s": est, "device_edge_ratio": ratio, "rows": []}
+        rows = []
+        for bw, rtt in links(args):
+            print(f"link {bw} Mbit/s, RTT {rtt} ms:", flush=True)
+            rows.append(run_link(client, proxy, device, edge, bw, rtt, args))
+        confined = quota.group is not None
+    return {"device_cpu_quota": args.device_cpu_quota if confined else None,
             "estimate_s": est, "device_edge_ratio": ratio, "rows": rows,
             "device_full_ms": device.cuts[-1].head_s * 1e3, "edge_full_ms": edge.tail_s[0] * 1e3,
             "cuts": len(sm.cuts)}
@@ -307,7 +309,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         ap.error(f"--repeats {args.repeats}: must be >= 1")
     args.side = 96 if args.quick else 224
     args.cuts = 3 if args.quick else 10
-    args.repeats = args.repeats or (3 if args.quick else 5)
+    args.repeats = args.repeats or (3 if args.quick else 9)
     args.profile_repeats = 3 if args.quick else 5
     args.probe_rounds = 3 if args.quick else 5
     return args

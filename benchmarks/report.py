@@ -86,7 +86,7 @@ def _machine() -> list[str]:
 
 def _fmt(v: Any) -> str:
     if isinstance(v, float) and not isinstance(v, bool):
-        return f"{v:.4g}" if abs(v) < 1e4 else f"{v:,.0f}"
+        return f"{v:.6g}" if abs(v) < 1e4 else f"{v:,.0f}"
     return str(v).replace("|", "\\|")  # a pipe would end the table cell
 
 
@@ -184,7 +184,7 @@ def section_planner(d: dict[str, Any]) -> list[str]:
     worst = min(w["gain_vs_best_baseline"] for w in d["summary"]["split_vs_baselines"])
     lines = [f"{m.get('model', 'resnet18')}, input {m['input']}; device = one thread under a "
              f"{d.get('device_cpu_quota')} core CPU quota (cgroup), edge = a real edge process "
-             f"with 2 threads: device/edge compute ratio **{d['device_edge_ratio']:.2f}** "
+             f"(`{' '.join(m['edge_flags'])}`): device/edge compute ratio **{d['device_edge_ratio']:.2f}** "
              f"(whole model {d['device_full_ms']:.1f} ms vs {d['edge_full_ms']:.1f} ms). Each link "
              "emulated by the project's link emulator; every sampled cut measured end to end.", ""]
     lines += _table(["link", "chosen cut", "chosen ms", "predicted ms", "oracle cut: ms",
