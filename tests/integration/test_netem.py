@@ -145,7 +145,9 @@ def test_rate_within_10_percent(sink, size, rate):
         for _ in range(3):
             with _connect(link.port) as sock:
                 times.append(_send_timed(sock, sink, size))
-        assert link.stats.up_bytes == 3 * (size + 8)
+        # the proxy counts a piece after its write drained, which can be a moment after the
+        # sink has seen the last byte: wait for the count rather than read it at once
+        _wait_for(lambda: link.stats.up_bytes == 3 * (size + 8))
     measured, expected = statistics.median(times), _expected(size, shape)
     goodput = size * 8 / (measured - shape.delay_s)
     print(f"{size} B at {rate / 1e6:.0f} Mbit/s: {measured * 1e3:.1f} ms, expected "
@@ -200,6 +202,14 @@ def _is_dead(sock: socket.socket) -> bool:
         return True
 
 
+def _wait_for(condition, timeout: float = 5.0) -> None:
+    """The proxy updates its counters on its own loop, a moment after the effect a test sees."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the proxy's stats never got there"
+        time.sleep(0.01)
+
+
 def test_drop_resets_and_refuses_until_restore(echo):
     with LinkEmulator(("127.0.0.1", echo.server_address[1])) as link:
         old = _connect(link.port)
@@ -209,7 +219,7 @@ def test_drop_resets_and_refuses_until_restore(echo):
         assert _is_dead(old)
         with _connect(link.port) as refused:
             assert _is_dead(refused)
-        assert link.stats.refused >= 1
+        _wait_for(lambda: link.stats.refused >= 1)  # counted just after the reset is sent
         link.restore()
         with _connect(link.port) as fresh:
             fresh.sendall(b"back")
