@@ -36,21 +36,35 @@ _BY_CODE: dict[str, type[errors.SplitInferError]] = {
 }
 
 
+def record(edge: Any, code: grpc.StatusCode, why: str) -> bool:
+    """Count ``code`` on ``edge`` (breaker, set aside, last error); True when no other edge
+    would answer differently. Unary calls, streams and stream items all judge here."""
+    if code in TRANSIENT:
+        edge.failed(why)
+        return False
+    edge.breaker.release_trial()
+    if code in REFUSES_US:
+        edge.set_aside(why)
+        return False
+    edge.last_error = why
+    return True
+
+
+def status_code(number: int) -> grpc.StatusCode:
+    """The grpc.StatusCode with this number (a stream item's ``Status.code``); UNKNOWN if none."""
+    return next((c for c in grpc.StatusCode if c.value[0] == number), grpc.StatusCode.UNKNOWN)
+
+
 def judge(edge: Any, exc: grpc.aio.AioRpcError, rid: str) -> tuple[str, str, bool]:
     """Record ``exc`` on ``edge``; return (code name, why, True when no other edge would help)."""
     code = exc.code()
     why = f"{code.name}: {exc.details()}"
+    final = record(edge, code, why)
     if code in TRANSIENT:
-        edge.failed(why)
         log.info("request %s: %s failed (%s)", rid, edge.address, why)
-        return code.name, why, False
-    edge.breaker.release_trial()
-    if code in REFUSES_US:
-        edge.set_aside(why)
+    elif code in REFUSES_US:
         log.error("request %s: %s refuses this model, set aside: %s", rid, edge.address, why)
-        return code.name, why, False
-    edge.last_error = why
-    return code.name, why, True
+    return code.name, why, final
 
 
 def unanswered(code: str, message: str) -> errors.SplitInferError:

@@ -19,7 +19,7 @@ import grpc
 
 from splitinfer.wire.v1 import service_pb2_grpc
 
-from .breaker import BreakerPolicy, CircuitBreaker
+from .breaker import CLOSED, BreakerPolicy, CircuitBreaker
 
 __all__ = ["TLS", "Edge", "EdgePool", "MAX_MESSAGE_BYTES"]
 
@@ -111,7 +111,7 @@ class Edge:
 
     def usable_soon(self) -> bool:
         """Would ``usable`` say yes, without taking a trial slot?"""
-        return not self.incompatible and bool(self.version) and self.breaker.state == "closed"
+        return not self.incompatible and bool(self.version) and self.breaker.state == CLOSED
 
     def failed(self, why: str) -> None:
         self.failures += 1

@@ -105,10 +105,7 @@ class _Session:
         if self.dead:
             return
         self.dead = True
-        if code in {c.name for c in _errors.TRANSIENT}:
-            self.edge.failed(why)
-        elif code in {c.name for c in _errors.REFUSES_US}:
-            self.edge.set_aside(why)
+        _errors.record(self.edge, grpc.StatusCode[code], why)
         self.call.cancel()
         frames, self.pending = list(self.pending), deque()
         for t in self._tasks:
@@ -205,14 +202,9 @@ class _StreamRun:
         c = self.c
         result = convert.parse_infer_response(reply)
         if result.error is not None:
-            code = grpc.StatusCode(_status_tuple(result.error.code)) \
-                if _status_tuple(result.error.code) else grpc.StatusCode.UNKNOWN
+            code = _errors.status_code(result.error.code)
             why = f"{code.name}: {result.error.message}"
-            final = code not in _errors.TRANSIENT and code not in _errors.REFUSES_US
-            if code in _errors.TRANSIENT:
-                session.edge.failed(why)
-            elif code in _errors.REFUSES_US:
-                session.edge.set_aside(why)
+            final = _errors.record(session.edge, code, why)
             self.redo([frame], code.name, f"{session.edge.address}: {why}", final=final)
             return
         session.edge.succeeded()
@@ -307,7 +299,3 @@ async def _aiter(frames: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[An
             return
         yield item
 
-
-def _status_tuple(code: int) -> tuple[int, str] | None:
-    """The grpc.StatusCode value tuple for a status number, or None if it is not one."""
-    return next((c.value for c in grpc.StatusCode if c.value[0] == code), None)
