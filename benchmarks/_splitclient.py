@@ -3,6 +3,9 @@
 Timings are what a device user would see: head compute, encoding, the ``Infer`` round trip
 (through whatever sits between, e.g. a link emulator) and decoding the answer, end to end with
 ``perf_counter``. Link measurement uses ``Probe`` (a bare gRPC echo) and ``fit_link``.
+With ``device=SlowDevice(k)`` the device's own work (head, encoding and building the request;
+parsing and decoding the answer) runs as steps of that emulated slower device; the wait for
+the answer does not.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import torch
 from device_client.link_probe import measure_link
 from splitinfer.codec import decode_torch, get_codec
 from splitinfer.link import Link
+from splitinfer.slowdown import SlowDevice
 from splitinfer.wire import convert
 from splitinfer.wire.v1 import model_pb2, service_pb2_grpc
 
@@ -43,9 +47,10 @@ class Timing:
 class SplitClient:
     """One gRPC channel to ``address`` (the edge, or a proxy in front of it) and one model."""
 
-    def __init__(self, address: str, sm: Any, version: str, inputs: Sequence[torch.Tensor]
-                 ) -> None:
+    def __init__(self, address: str, sm: Any, version: str, inputs: Sequence[torch.Tensor],
+                 device: SlowDevice | None = None) -> None:
         self.sm, self.version, self.inputs = sm, version, tuple(inputs)
+        self.device = device or SlowDevice(1)
         self.last_cut = len(sm.cuts) - 1
         self._channel = grpc.insecure_channel(address, options=[
             ("grpc.max_send_message_length", _MAX_MESSAGE),
@@ -79,33 +84,45 @@ class SplitClient:
         """Median of ``repeats`` end-to-end runs after one warm-up; ``codec`` None (or the last
         cut) runs the whole model here, no network."""
         local = codec is None or cut_id == self.last_cut
-        run = self._run_local if local else lambda: self._run_split(cut_id, codec)
-        nbytes = run()  # warm-up
-        samples = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            run()
-            samples.append(time.perf_counter() - start)
+        nbytes = self.once(cut_id, codec)  # warm-up
+        samples = [self.timed(cut_id, codec) for _ in range(repeats)]
         return Timing(cut_id, None if local else codec, tuple(samples), nbytes)
 
+    def timed(self, cut_id: int, codec: str | None) -> float:
+        """Seconds of one end-to-end run (see ``once``)."""
+        start = time.perf_counter()
+        self.once(cut_id, codec)
+        return time.perf_counter() - start
+
+    def once(self, cut_id: int, codec: str | None) -> int:
+        """One run: the bytes of the request sent (0 when ``codec`` is None or ``cut_id`` is
+        the last cut: the whole model runs here, no network)."""
+        if codec is None or cut_id == self.last_cut:
+            return self._run_local()
+        return self._run_split(cut_id, codec)
+
     def _run_local(self) -> int:
-        with torch.no_grad():
+        with self.device.step(), torch.no_grad():
             self.sm.tail(self.last_cut)(*self.sm.head(self.last_cut)(*self.inputs))
         return 0
 
     def _run_split(self, cut_id: int, codec_name: str) -> int:
         codec = get_codec(codec_name)
         cut = self.sm.cut(cut_id)
-        with torch.no_grad():
-            crossing = self.sm.head(cut_id)(*self.inputs)
-        encoded = [codec.encode(t, name=spec.name) for t, spec in zip(crossing, cut.tensors)]
-        req = convert.build_infer_request(
-            model=self.sm.name, version=self.version, fingerprint=self.sm.fingerprint,
-            cut_id=cut_id, tensors=encoded, request_id=uuid.uuid4().hex)
-        result = convert.parse_infer_response(self._stub.Infer(req, timeout=_TIMEOUT_S))
+        with self.device.step():
+            with torch.no_grad():
+                crossing = self.sm.head(cut_id)(*self.inputs)
+            encoded = [codec.encode(t, name=spec.name) for t, spec in zip(crossing, cut.tensors)]
+            req = convert.build_infer_request(
+                model=self.sm.name, version=self.version, fingerprint=self.sm.fingerprint,
+                cut_id=cut_id, tensors=encoded, request_id=uuid.uuid4().hex)
+        reply = self._stub.Infer(req, timeout=_TIMEOUT_S)
+        with self.device.step():
+            result = convert.parse_infer_response(reply)
+            if result.error is None:
+                for out in result.outputs:
+                    decode_torch(out)
         if result.error is not None:
             raise RuntimeError(f"Infer at cut {cut_id} with {codec_name} failed: "
                                f"{result.error.code} {result.error.message}")
-        for out in result.outputs:
-            decode_torch(out)
         return req.ByteSize()

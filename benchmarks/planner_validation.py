@@ -1,6 +1,7 @@
 """Planner validation: does the planner's cut beat the alternatives when measured end to end?
 
     python -m benchmarks.planner_validation [--quick] [--estimate-only] [--repeats N] [--out PATH]
+        [--device-slowdown K | --device-cpu-quota CORES] [--model NAME] [--strict]
 
 One run, side by side, on this machine:
 
@@ -12,22 +13,26 @@ One run, side by side, on this machine:
   MobileNetV2's early activations are larger than their input.
 - Edge: one real ``splitinfer-edge`` process (``--torch-threads 1 --workers 1
   --max-batch-size 1 --profile-tails true``); its profile comes from ``GetModelInfo``.
-- Device: this process with one torch thread, confined by ``--device-cpu-quota Q`` (default
-  0.1, as ``splitinfer demo``) to Q cores with a cgroup-v1 ``cpu`` group (10 ms period; the edge process is started
-  before, so it is not confined; skipped with a warning where /sys/fs/cgroup/cpu is not
-  writable). That is how the device is made slower than the edge, a phone-class device next to
-  a server; the measured device/edge ratio is printed. Its profile is ``profile_device`` here,
-  under the same quota.
+- Device: this process with one torch thread, made ``--device-slowdown K`` (default 15) times
+  slower by time dilation (``splitinfer.slowdown.SlowDevice``): each piece of device work (head
+  + encode + building the request; parsing + decoding the answer; the whole model for
+  device-only) runs at full speed, then the thread idles K-1 times the CPU time it used. Its
+  profile is ``profile_device(slowdown=K)``, through the same emulation. That is how the device
+  is made slower than the edge, a phone-class device next to a server; the measured
+  device/edge ratio is printed. ``--device-cpu-quota Q`` instead confines the device thread to
+  Q cores with a cgroup-v1 ``cpu`` group (10 ms period), as ``splitinfer demo`` does; it was
+  too noisy here to validate against (the kernel cuts work into 1 ms slices: the same
+  computation took 80-180 ms depending on where it fell in the period).
 - Links: bandwidth 1, 10, 100, 1000 Mbit/s x RTT 5, 30, 100 ms through a link emulator (TCP
   proxy; rate both ways, RTT/2 delay each way); --quick: (10 Mbit/s, 30 ms), (1000, 5).
   Per link the link is measured with Probe (several sizes, ``fit_link``) and the planner runs
   on the measured link ("the planner's choice", what a device would do) and on the nominal one.
 - Measured per link: an even sample of cuts (--quick: 3) plus the chosen cut, device-only and
   edge-only, each with the codec the planner ranks best for that cut; one measurement is head
-  -> encode -> Infer through the proxy -> decode, median of N after one warm-up (N drops for
-  slow transfers so the full grid stays near 30 minutes; the estimate is printed first). Each
-  configuration's runs are consecutive: interleaving them was tried and was worse here, since
-  a throttled device carries its quota state from one configuration's run into the next.
+  -> encode -> Infer through the proxy -> decode. One warm-up each, then rounds in which every
+  configuration runs once, the order rotated each round; the median of N (N drops for slow
+  transfers so the full grid stays well under 30 minutes; the estimate is printed first).
+  Interleaved, a slow spell of this shared machine falls on every configuration alike.
 
 Targets: chosen/oracle latency <= 1.05 median and <= 1.15 worst over links (oracle: the
 fastest configuration measured); |predicted - measured| / measured <= 15 % (median) for the
@@ -65,6 +70,7 @@ from splitinfer.netem import LinkEmulator, LinkShape  # noqa: E402
 from splitinfer.partition import partition  # noqa: E402
 from splitinfer.planner import Plan, choose  # noqa: E402
 from splitinfer.profiler import edge_profile_from_info, profile_device  # noqa: E402
+from splitinfer.slowdown import SlowDevice  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 DEFAULT_OUT = RESULTS / "planner_validation.json"
@@ -77,6 +83,7 @@ CODECS = ("fp16", "int8+zstd", "fp32")
 # used one), and the edge's background tail profile came out 2x its serving time
 EDGE_FLAGS = ("--torch-threads", "1", "--workers", "1", "--max-batch-size", "1",
               "--profile-tails", "true", "--log-level", "WARNING")
+DEFAULT_SLOWDOWN = 15.0  # the emulated device's core against this machine's
 TARGET_RATIO_MEDIAN, TARGET_RATIO_WORST, TARGET_PRED_ERR = 1.05, 1.15, 0.15
 CUT_BUDGET_S = 15.0  # seconds one configuration may take (warm-up + repeats) before N drops
 
@@ -143,6 +150,23 @@ def estimate_s(plans: list[Plan], last: int, args: argparse.Namespace) -> float:
 
 # ---- one link -----------------------------------------------------------------------------------
 
+def measure_interleaved(client: SplitClient, plan: Plan, cuts: list[int], base: int
+                        ) -> dict[int, Timing]:
+    """Every cut with the planner's best codec for it: one warm-up each, then rounds in which
+    each configuration runs once (a slow one drops out after its ``repeats_for``), the order
+    rotated every round. Interleaved, a slow minute of this shared machine lands on every
+    configuration alike instead of on whichever one was running."""
+    codecs = {cut: None if cut == client.last_cut else best_codec(plan, cut) for cut in cuts}
+    wanted = {cut: repeats_for(predicted_s(plan, cut), base) for cut in cuts}
+    nbytes = {cut: client.once(cut, codecs[cut]) for cut in cuts}
+    samples: dict[int, list[float]] = {cut: [] for cut in cuts}
+    for r in range(max(wanted.values())):
+        for cut in cuts[r % len(cuts):] + cuts[:r % len(cuts)]:
+            if len(samples[cut]) < wanted[cut]:
+                samples[cut].append(client.timed(cut, codecs[cut]))
+    return {cut: Timing(cut, codecs[cut], tuple(samples[cut]), nbytes[cut]) for cut in cuts}
+
+
 def run_link(client: SplitClient, proxy: LinkEmulator, device: Any, edge: Any,
              bw_mbps: float, rtt_ms: float, args: argparse.Namespace) -> dict[str, Any]:
     nominal = Link(rtt_s=rtt_ms / 1e3, bandwidth_bps=bw_mbps * 1e6)
@@ -151,12 +175,10 @@ def run_link(client: SplitClient, proxy: LinkEmulator, device: Any, edge: Any,
     plan = choose(device, edge, measured, objective="latency")
     plan_nominal = choose(device, edge, nominal, objective="latency")
     last = client.last_cut
-    timings: dict[int, Timing] = {}
-    for cut in plan_cuts(plan, last, args.cuts):
-        pred = predicted_s(plan, cut)
-        timings[cut] = client.measure(cut, best_codec(plan, cut), repeats_for(pred, args.repeats))
-        print(f"  cut {cut:3d} {str(timings[cut].codec):10s} predicted {pred * 1e3:9.1f} ms  "
-              f"measured {timings[cut].median_s * 1e3:9.1f} ms", flush=True)
+    timings = measure_interleaved(client, plan, plan_cuts(plan, last, args.cuts), args.repeats)
+    for cut, t in timings.items():
+        print(f"  cut {cut:3d} {str(t.codec):10s} predicted {predicted_s(plan, cut) * 1e3:9.1f} "
+              f"ms  measured {t.median_s * 1e3:9.1f} ms", flush=True)
     oracle = min(timings.values(), key=lambda t: t.median_s)
     chosen = timings[plan.cut_id]
     return {
@@ -262,10 +284,12 @@ def run(args: argparse.Namespace, repo: Path) -> dict[str, Any]:
         stack.callback(node.stop)
         proxy = stack.enter_context(LinkEmulator(("127.0.0.1", node.port)))
         quota = stack.enter_context(DeviceQuota(args.device_cpu_quota))
-        print(f"profiling the device (1 thread, {len(sm.cuts)} cuts, codecs "
-              f"{', '.join(CODECS)})…", flush=True)
-        device = profile_device(sm, (x,), codecs=CODECS, repeats=args.profile_repeats)
-        client = stack.enter_context(SplitClient(f"127.0.0.1:{proxy.port}", sm, version, (x,)))
+        print(f"profiling the device (1 thread, slowdown {args.device_slowdown:g}, "
+              f"{len(sm.cuts)} cuts, codecs {', '.join(CODECS)})…", flush=True)
+        device = profile_device(sm, (x,), codecs=CODECS, repeats=args.profile_repeats,
+                                slowdown=args.device_slowdown)
+        client = stack.enter_context(SplitClient(f"127.0.0.1:{proxy.port}", sm, version, (x,),
+                                                 device=SlowDevice(args.device_slowdown)))
         edge = edge_profile_from_info(client.model_info())
         ratio = device.cuts[-1].head_s / edge.tail_s[0]
         print(f"device full model {device.cuts[-1].head_s * 1e3:.1f} ms (1 thread), edge "
@@ -284,6 +308,7 @@ def run(args: argparse.Namespace, repo: Path) -> dict[str, Any]:
             rows.append(run_link(client, proxy, device, edge, bw, rtt, args))
         confined = quota.group is not None
     return {"device_cpu_quota": args.device_cpu_quota if confined else None,
+            "device_slowdown": args.device_slowdown,
             "estimate_s": est, "device_edge_ratio": ratio, "rows": rows,
             "device_full_ms": device.cuts[-1].head_s * 1e3, "edge_full_ms": edge.tail_s[0] * 1e3,
             "cuts": len(sm.cuts)}
@@ -301,16 +326,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--repeats", type=int, default=None, help="timed runs per configuration")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON output path")
     ap.add_argument("--strict", action="store_true", help="exit 1 when a target fails")
-    ap.add_argument("--device-cpu-quota", type=float, default=0.1,
-                    help="CPU cores the device thread may use, to make the device slower than "
-                         "the edge (default 0.1; 0 = no quota)")
+    slow = ap.add_mutually_exclusive_group()
+    slow.add_argument("--device-slowdown", type=float, default=None, metavar="K",
+                      help=f"emulate a device K times slower than this machine's core by time "
+                           f"dilation (default {DEFAULT_SLOWDOWN:g})")
+    slow.add_argument("--device-cpu-quota", type=float, default=0.0, metavar="CORES",
+                      help="instead, confine the device thread to CORES cores with a cgroup "
+                           "CPU quota (e.g. 0.1; noisier: see the module docstring)")
     args = ap.parse_args(argv)
     if args.repeats is not None and args.repeats < 1:
         ap.error(f"--repeats {args.repeats}: must be >= 1")
+    if args.device_cpu_quota < 0:
+        ap.error(f"--device-cpu-quota {args.device_cpu_quota:g}: must be >= 0")
+    if args.device_slowdown is None:
+        args.device_slowdown = 1.0 if args.device_cpu_quota > 0 else DEFAULT_SLOWDOWN
+    elif not args.device_slowdown >= 1:
+        ap.error(f"--device-slowdown {args.device_slowdown:g}: must be >= 1 (1 = full speed)")
     args.side = 96 if args.quick else 224
     args.cuts = 3 if args.quick else 10
     args.repeats = args.repeats or (3 if args.quick else 9)
-    args.profile_repeats = 3 if args.quick else 5
+    args.profile_repeats = 3 if args.quick else 15  # one slow spell must not set the profile
     args.probe_rounds = 3 if args.quick else 5
     return args
 

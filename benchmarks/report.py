@@ -182,8 +182,14 @@ def section_planner(d: dict[str, Any]) -> list[str]:
                      w["gain_vs_best_baseline"]])
     wins = [w for w in d["summary"]["split_vs_baselines"] if w["split"] and w["beats_baselines"]]
     worst = min(w["gain_vs_best_baseline"] for w in d["summary"]["split_vs_baselines"])
-    lines = [f"{m.get('model', 'resnet18')}, input {m['input']}; device = one thread under a "
-             f"{d.get('device_cpu_quota')} core CPU quota (cgroup), edge = a real edge process "
+    if d.get("device_cpu_quota"):
+        how = f"one thread under a {d['device_cpu_quota']} core CPU quota (cgroup)"
+    else:
+        how = (f"one thread made {d.get('device_slowdown', 1):g}x slower by time dilation (each "
+               "step of device work runs at full speed, then idles "
+               f"{d.get('device_slowdown', 1) - 1:g}x its CPU time; `splitinfer.slowdown`)")
+    lines = [f"{m.get('model', 'resnet18')}, input {m['input']}; device = {how}, "
+             "edge = a real edge process "
              f"(`{' '.join(m['edge_flags'])}`): device/edge compute ratio **{d['device_edge_ratio']:.2f}** "
              f"(whole model {d['device_full_ms']:.1f} ms vs {d['edge_full_ms']:.1f} ms). Each link "
              "emulated by the project's link emulator; every sampled cut measured end to end.", ""]

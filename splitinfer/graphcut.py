@@ -308,12 +308,15 @@ class GraphCutter:
         return None
 
     def node_time_runs(self, inputs: tuple[torch.Tensor, ...], repeats: int,
-                       clock: Callable[[], float] = time.perf_counter) -> list[list[float]]:
-        """Seconds per node (graph order) for each of ``repeats`` runs, after a warm-up run;
-        ``clock`` measures (wall time by default; ``time.process_time`` for CPU time)."""
+                       clock: Callable[[], float] = time.perf_counter, warmup: bool = True
+                       ) -> list[list[float]]:
+        """Seconds per node (graph order) for each of ``repeats`` runs, after a warm-up run
+        unless ``warmup`` is False; ``clock`` measures (wall time by default;
+        ``time.process_time`` for CPU time)."""
         runs = []
         with torch.no_grad():
-            _Timer(self.gm, {}, clock).run(*inputs)
+            if warmup:
+                _Timer(self.gm, {}, clock).run(*inputs)
             for _ in range(max(1, repeats)):
                 times: dict[fx.Node, list[float]] = {}
                 _Timer(self.gm, times, clock).run(*inputs)

@@ -3,7 +3,8 @@
 Each direction (``up``: client → target, ``down``: target → client) is shaped on its own:
 
 - a token bucket paces the bytes (``rate_bps``; tokens are bytes, refilled at rate/8 per second,
-  capacity ``burst_bytes``, by default ``max(rate × 5 ms, 16 KB)``); this is the bottleneck;
+  capacity ``burst_bytes``, by default ``max(rate × 5 ms, 1514 B)``, one Ethernet frame being
+  the least a real shaper passes at once); this is the bottleneck;
 - each piece leaving the bucket is held for ``delay_s`` ± jitter (uniform, or normal with
   ``jitter_s`` as its standard deviation; seeded), but never released before the piece ahead
   of it, because a TCP stream stays ordered;
@@ -42,7 +43,7 @@ __all__ = ["LinkShape", "LinkStats", "NetemProxy", "LinkEmulator", "parse_rate",
            "parse_duration"]
 
 _CHUNK = 64 * 1024
-_MIN_BURST = 16 * 1024
+_MIN_BURST = 1514  # one Ethernet frame: tc's tbf, too, wants burst >= MTU
 _UNSHAPED_QUEUE = 4 * 1024 * 1024
 
 
@@ -64,13 +65,13 @@ class LinkShape:
                 raise ValueError(f"{name}={getattr(self, name)!r}: must be >= 0")
         if self.burst_bytes is not None and self.burst_bytes < 1:
             raise ValueError(f"burst_bytes={self.burst_bytes!r}: must be >= 1, or None "
-                             "for the default max(rate x 5 ms, 16 KB)")
+                             "for the default max(rate x 5 ms, 1514 B)")
         if self.jitter_dist not in ("uniform", "normal"):
             raise ValueError(f"jitter_dist={self.jitter_dist!r}: use 'uniform' or 'normal'")
 
     @property
     def burst(self) -> int:
-        """Bucket capacity in bytes: ``burst_bytes``, or ``max(rate × 5 ms, 16 KB)``."""
+        """Bucket capacity in bytes: ``burst_bytes``, or ``max(rate × 5 ms, 1514 B)``."""
         if self.burst_bytes is not None:
             return self.burst_bytes
         return max(int((self.rate_bps or 0) / 8 * 0.005), _MIN_BURST)

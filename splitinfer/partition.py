@@ -218,13 +218,13 @@ class SplitModel:
         return self
 
     def segment_time_runs(self, inputs: Sequence[torch.Tensor], repeats: int = 3,
-                          clock: Callable[[], float] = time.perf_counter
-                          ) -> list[list[float]]:
+                          clock: Callable[[], float] = time.perf_counter,
+                          warmup: bool = True) -> list[list[float]]:
         """Seconds of every graph node on ``inputs``, one list per run (0 for nodes that do no
-        work). A segment's latency is the median over runs of the sum of its slice (a sum of
-        per-node medians would miss stalls that hit a few nodes). One pass of the model per
-        repeat, instead of one per cut."""
-        return self._cutter.node_time_runs(tuple(inputs), repeats, clock)
+        work), after a warm-up run unless ``warmup`` is False. A segment's latency is the
+        median over runs of the sum of its slice (a sum of per-node medians would miss stalls
+        that hit a few nodes). One pass of the model per repeat, instead of one per cut."""
+        return self._cutter.node_time_runs(tuple(inputs), repeats, clock, warmup)
 
     def cut_position(self, cut_id: int) -> int:
         """Index of the last graph node the head runs for ``cut_id``."""

@@ -32,7 +32,7 @@ class Breakdown:
     uplink_s: float = 0.0           # link: request bytes / bandwidth
     rtt_s: float = 0.0              # link: propagation, once per request
     queue_s: float = 0.0            # edge: wait before compute
-    edge_decode_s: float = 0.0      # edge: codec decode + per-MB overhead
+    edge_decode_s: float = 0.0      # edge: codec decode (the device's / edge speedup) + per MB
     tail_s: float = 0.0             # edge: cut -> output
     response_encode_s: float = 0.0  # edge: encode the answer
     downlink_s: float = 0.0         # link: response bytes / bandwidth
@@ -174,6 +174,16 @@ class Plan:
 
 # --- cost model -----------------------------------------------------------------------------
 
+def _edge_speedup(device: DeviceProfile, edge: EdgeProfile) -> float:
+    """How many times faster the edge runs the whole model than the device (1 when either
+    time is unknown). The device profile measured the codec's decode on the device; the edge
+    decodes as much faster as it computes faster."""
+    first, last = device.cuts[0], device.cuts[-1]
+    edge_full = edge.tail_s.get(first.cut_id, 0.0)
+    device_full = last.head_s - first.head_s
+    return device_full / edge_full if edge_full > 0 and device_full > 0 else 1.0
+
+
 def _breakdown(device: DeviceProfile, edge: EdgeProfile, link: Link, cut: CutCost,
                codec: CodecCost | None) -> Breakdown:
     """Stage times of one request; ``codec`` None means device-only (no link, no edge)."""
@@ -185,7 +195,8 @@ def _breakdown(device: DeviceProfile, edge: EdgeProfile, link: Link, cut: CutCos
         uplink_s=link.transfer_s(codec.request_bytes),
         rtt_s=link.rtt_s,
         queue_s=edge.queue_s,
-        edge_decode_s=codec.decode_s + edge.decode_s_per_mb * codec.request_bytes / 1e6,
+        edge_decode_s=(codec.decode_s / _edge_speedup(device, edge)
+                       + edge.decode_s_per_mb * codec.request_bytes / 1e6),
         tail_s=edge.tail_s[cut.cut_id],
         response_encode_s=edge.response_encode_s,
         downlink_s=link.transfer_s(device.response_bytes),

@@ -5,7 +5,11 @@ repeat instead of one per cut), scaled to the plain run time of the whole model 
 node has its own cost), and a cut's head latency is the median over runs of that run's time up
 to the cut (not a sum of per-node medians, which would miss stalls); it encodes/decodes
 every cut's real crossing tensors with every codec: bytes sent, encode and decode time, and the
-codec's error on that data (sizes depend on the data: zstd on post-ReLU activations).
+codec's error on that data (sizes depend on the data: zstd on post-ReLU activations). Runs are
+timed the way requests run: the model after idle (``COLD_IDLE_S``), one run at a time, and
+so are what a request does first after a wait (decoding the answer, encoding the input at
+cut 0). ``slowdown=K`` profiles an emulated device K times slower
+(:class:`splitinfer.slowdown.SlowDevice`).
 ``profile_edge_locally(sm)`` measures tail latencies the same way, for offline planning, and
 ``edge_profile_from_info`` turns an edge node's ``GetModelInfo`` answer into an EdgeProfile.
 Results are the frozen values of :mod:`splitinfer.profiles` (JSON with ``to_json``).
@@ -22,6 +26,9 @@ import torch
 
 from .codec import decode_torch, encoded_nbytes, get_codec, list_codecs
 from .profiles import CodecCost, CutCost, DeviceProfile, EdgeProfile
+from .slowdown import SlowDevice
+from .wire import convert
+from .wire.v1 import inference_pb2
 
 __all__ = ["profile_device", "profile_edge_locally", "edge_profile_from_info",
            "DEFAULT_CODECS"]
@@ -38,20 +45,50 @@ def _progress(enabled: bool) -> Callable[[str, int, int], None]:
     return show
 
 
-def _median_time(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
-    result = fn()  # warm-up, and the value to return
+#: idle before a timed call that, in a request, comes first after a wait (decoding the answer;
+#: encoding the input at cut 0): after ~20 ms idle a short step took 10-20x its back-to-back
+#: CPU time here (caches and clocks gone cold), a cost a request pays every time
+COLD_IDLE_S = 0.02
+
+
+def _median_time(fn: Callable[[], Any], repeats: int, device: SlowDevice | None = None,
+                 cold: bool = False) -> tuple[float, Any]:
+    """Median wall time of ``repeats`` calls after a warm-up; each call a step of ``device``
+    (an emulated slower device) when given, and after ``COLD_IDLE_S`` of idle if ``cold``."""
+    step = fn if device is None else (lambda: device.run(fn))
+    result = step()  # warm-up, and the value to return
     times = []
     for _ in range(repeats):
+        if cold:
+            time.sleep(COLD_IDLE_S)
         start = time.perf_counter()
-        fn()
+        step()
         times.append(time.perf_counter() - start)
     return statistics.median(times), result
 
 
-def _codec_cost(name: str, tensors: Sequence[torch.Tensor], repeats: int) -> CodecCost:
+def _codec_cost(name: str, tensors: Sequence[torch.Tensor], repeats: int,
+                device: SlowDevice | None = None, cold_encode: bool = False,
+                cold_decode: bool = False) -> CodecCost:
+    """Bytes, times and error of sending ``tensors`` with codec ``name``. ``encode_s`` is the
+    codec plus building and serializing the message that carries its output, ``decode_s``
+    parsing that message plus the codec's decode: the per-request work around the codec,
+    which costs a slow device milliseconds, is the sender's and the receiver's too.
+    ``cold_encode`` / ``cold_decode``: that side comes first after a wait in a request, so it
+    is timed after ``COLD_IDLE_S`` of idle."""
     codec = get_codec(name)
-    encode_s, encoded = _median_time(lambda: [codec.encode(t) for t in tensors], repeats)
-    decode_s, decoded = _median_time(lambda: [decode_torch(e) for e in encoded], repeats)
+    names = [f"t{i}" for i in range(len(tensors))]
+
+    def encode() -> tuple[list[Any], bytes]:
+        encoded = [codec.encode(t, name=n) for t, n in zip(tensors, names)]
+        return encoded, _message(encoded).SerializeToString()
+
+    def decode() -> list[torch.Tensor]:
+        msg = inference_pb2.InferResponse.FromString(wire)
+        return [decode_torch(e) for e in convert.parse_infer_response(msg).outputs]
+
+    encode_s, (encoded, wire) = _median_time(encode, repeats, device, cold_encode)
+    decode_s, decoded = _median_time(decode, repeats, device, cold_decode)
     error = 0.0
     for t, d in zip(tensors, decoded):
         if t.is_floating_point() and t.numel():
@@ -62,16 +99,35 @@ def _codec_cost(name: str, tensors: Sequence[torch.Tensor], repeats: int) -> Cod
                      encode_s=encode_s, decode_s=decode_s, error=error)
 
 
-def _calibrated_runs(sm: Any, inputs: Sequence[torch.Tensor], repeats: int
-                     ) -> list[list[float]]:
+def _message(encoded: Sequence[Any]) -> Any:
+    """A message as big as a request carrying ``encoded`` (an InferResponse: the same repeated
+    tensors, without a request's checks on names that do not matter here)."""
+    return convert.build_infer_response(request_id="0" * 32, outputs=encoded)
+
+
+def _calibrated_runs(sm: Any, inputs: Sequence[torch.Tensor], repeats: int,
+                     device: SlowDevice | None = None) -> list[list[float]]:
     """Per-node times of ``repeats`` runs, scaled so a run sums to the plain (un-instrumented)
     wall time of the whole model. The split between nodes is CPU time (``process_time``), the
     total is wall time as the device will run it. Why: timing every node costs Python work
     that a throttled device (a CPU quota) stretches with everything else (wall-clock per-node
     sums were ~40 % high), and a throttled thread's stalls land on whichever node is running
-    when its budget runs out, which piled whole stalls onto a few cuts' heads."""
-    runs = sm.segment_time_runs(inputs, repeats, clock=time.process_time)
-    plain, _ = _median_time(lambda: sm(*inputs), repeats)
+    when its budget runs out, which piled whole stalls onto a few cuts' heads. With ``device``
+    (an emulated slower device) the plain runs are its steps, so the total is its wall time."""
+    # each run after idle (and one step of the emulated device, if any), as a request comes:
+    # the cold start then lands on the first nodes and a cold read of the last layers' weights
+    # on those; back-to-back warm runs would spread both over every node
+    clock = time.process_time if device is None else time.thread_time
+    sm.segment_time_runs(inputs, 1, clock=clock)  # warm-up
+
+    def one() -> list[float]:
+        return sm.segment_time_runs(inputs, 1, clock=clock, warmup=False)[0]
+
+    runs = []
+    for _ in range(repeats):
+        time.sleep(COLD_IDLE_S)
+        runs.append(one() if device is None else device.run(one))
+    plain, _ = _median_time(lambda: sm(*inputs), repeats, device, cold=True)
     timed = statistics.median(sum(run) for run in runs)
     if timed <= 0:
         return runs
@@ -93,18 +149,22 @@ def _head_memory(sm: Any, cut_id: int, crossing: Sequence[torch.Tensor]) -> int:
 
 def profile_device(sm: Any, inputs: Sequence[torch.Tensor] | None = None, *,
                    codecs: Sequence[str] = DEFAULT_CODECS, repeats: int = 5,
-                   cut_ids: Sequence[int] | None = None, progress: bool = False
-                   ) -> DeviceProfile:
+                   cut_ids: Sequence[int] | None = None, progress: bool = False,
+                   slowdown: float = 1.0) -> DeviceProfile:
     """Profile ``sm`` (a SplitModel) on this machine with ``inputs`` (default: its examples).
 
     ``cut_ids`` limits the cuts measured (the first and last cut are always included).
+    ``slowdown`` > 1 profiles an emulated device that many times slower than this thread
+    (:class:`splitinfer.slowdown.SlowDevice`: each timed run idles ``slowdown − 1`` times the
+    CPU time it used), the device a benchmark emulates with the same ``SlowDevice``.
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
+    device = SlowDevice(slowdown) if slowdown != 1 else None
     for name in codecs:
         get_codec(name)  # unknown names fail before any measuring
     inputs = tuple(inputs) if inputs is not None else tuple(t[:1] for t in sm.example_inputs)
-    runs = _calibrated_runs(sm, inputs, repeats)
+    runs = _calibrated_runs(sm, inputs, repeats, device)
     last = len(sm.cuts) - 1
     ids = sorted({0, last, *(cut_ids if cut_ids is not None else range(len(sm.cuts)))})
     show = _progress(progress)
@@ -114,7 +174,8 @@ def profile_device(sm: Any, inputs: Sequence[torch.Tensor] | None = None, *,
             cut = sm.cut(cut_id)
             crossing = sm.head(cut_id)(*inputs)
             costs = () if cut_id == last else tuple(
-                _codec_cost(name, crossing, repeats) for name in codecs)
+                _codec_cost(name, crossing, repeats, device, cold_encode=cut_id == 0)
+                for name in codecs)
             cuts.append(CutCost(
                 cut_id=cut_id, name=cut.name,
                 head_s=_median_prefix(runs, sm.cut_position(cut_id) + 1),
@@ -124,7 +185,7 @@ def profile_device(sm: Any, inputs: Sequence[torch.Tensor] | None = None, *,
             show(f"profiling {sm.name}", done, len(ids))
         outputs = sm.tail(last)(*sm.head(last)(*inputs))
         outputs = outputs if isinstance(outputs, tuple) else (outputs,)
-        response = _codec_cost("fp32", outputs, repeats)
+        response = _codec_cost("fp32", outputs, repeats, device, cold_decode=True)
     return DeviceProfile(model=sm.name, fingerprint=sm.fingerprint,
                          threads=torch.get_num_threads(), cuts=tuple(cuts),
                          response_bytes=response.request_bytes,

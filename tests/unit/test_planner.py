@@ -40,12 +40,16 @@ FAST = Link(rtt_s=0.005, bandwidth_bps=1e9)
 MID = Link(rtt_s=0.020, bandwidth_bps=20e6)
 
 
+SPEEDUP = 0.400 / 0.010  # the edge runs the toy's whole model 40x faster: it decodes 40x faster
+
+
 def latency(dev: DeviceProfile, edge: EdgeProfile, link: Link, cut_id: int, codec: str) -> float:
     """The cost model written out once more, independently of the planner's code."""
     cut = next(c for c in dev.cuts if c.cut_id == cut_id)
     k = next(c for c in cut.codecs if c.codec == codec)
+    speedup = (dev.cuts[-1].head_s - dev.cuts[0].head_s) / edge.tail_s[0]
     return (cut.head_s + k.encode_s + k.request_bytes * 8 / link.bandwidth_bps + link.rtt_s
-            + edge.queue_s + k.decode_s + edge.decode_s_per_mb * k.request_bytes / 1e6
+            + edge.queue_s + k.decode_s / speedup + edge.decode_s_per_mb * k.request_bytes / 1e6
             + edge.tail_s[cut_id] + edge.response_encode_s
             + dev.response_bytes * 8 / link.bandwidth_bps + dev.response_decode_s)
 
@@ -59,9 +63,9 @@ def picked(plan: Plan) -> tuple[int, str | None]:
 def test_slow_link_picks_a_late_cut_with_the_smallest_codec():
     plan = choose(device(), EDGE, SLOW)
     assert picked(plan) == (3, "int8+zstd") and plan.cut_name == "pool"
-    # head + encode + 2000 B up + RTT + decode + tail + 40 B down
-    assert plan.predicted_s == pytest.approx(0.150 + 0.004 + 0.016 + 0.100 + 0.002 + 0.001
-                                             + 0.00032, rel=1e-12)
+    # head + encode + 2000 B up + RTT + decode (the device's, 40x faster) + tail + 40 B down
+    assert plan.predicted_s == pytest.approx(0.150 + 0.004 + 0.016 + 0.100 + 0.002 / SPEEDUP
+                                             + 0.001 + 0.00032, rel=1e-12)
     assert plan.device_only_s == 0.4
     assert plan.speedup_vs_device_only == pytest.approx(0.4 / plan.predicted_s)
     assert plan.edge_only_s == pytest.approx(latency(device(), EDGE, SLOW, 0, "fp16"), rel=1e-12)
@@ -70,8 +74,9 @@ def test_slow_link_picks_a_late_cut_with_the_smallest_codec():
 def test_fast_link_and_slow_device_pick_edge_only():
     plan = choose(device(scale=10), EDGE, FAST)
     assert picked(plan) == (0, "fp16")
-    assert plan.predicted_s == pytest.approx(0.001 + 0.0024 + 0.005 + 0.001 + 0.010 + 3.2e-7,
-                                             rel=1e-12)
+    # a 10x slower device: the edge is 400x faster, and decodes 400x faster
+    assert plan.predicted_s == pytest.approx(0.001 + 0.0024 + 0.005 + 0.001 / (10 * SPEEDUP)
+                                             + 0.010 + 3.2e-7, rel=1e-12)
     assert plan.edge_only_s == plan.predicted_s and plan.speedup_vs_edge_only == 1.0
 
 
@@ -81,6 +86,19 @@ def test_middle_link_picks_a_middle_cut():
     assert plan.predicted_s == pytest.approx(latency(device(), EDGE, MID, 2, "int8+zstd"),
                                              rel=1e-12)
     assert plan.predicted_s < plan.edge_only_s < plan.device_only_s
+
+
+def test_the_edge_decodes_as_much_faster_as_it_computes_faster():
+    # the device profile holds the device's decode time; the edge's is that over the speedup
+    plan = choose(device(), EDGE, MID)
+    k = next(c for c in device().cuts[2].codecs if c.codec == "int8+zstd")
+    assert plan.breakdown.edge_decode_s == pytest.approx(k.decode_s / SPEEDUP, rel=1e-12)
+    # an edge as slow as the device decodes as slowly; no time for cut 0: no scaling either
+    slow_edge = EdgeProfile("toy", "fp-1", {0: 0.400, 1: 0.38, 2: 0.34, 3: 0.25})
+    for edge in (slow_edge, EdgeProfile("toy", "fp-1", {1: 0.008, 2: 0.005, 3: 0.001})):
+        b = next(a.breakdown for a in choose(device(), edge, MID).alternatives
+                 if (a.cut_id, a.codec) == (2, "int8+zstd"))
+        assert b.edge_decode_s == pytest.approx(k.decode_s, rel=1e-12)
 
 
 def test_very_slow_link_runs_everything_on_the_device():
@@ -177,8 +195,9 @@ def test_throughput_ignores_rtt_and_differs_from_latency_on_a_satellite_link():
     assert picked(choose(device(), EDGE, sat)) == (4, None)
     plan = choose(device(), EDGE, sat, objective="throughput")
     assert picked(plan) == (0, "fp32")
-    # bottleneck: edge queue + decode + tail = 0.0005 + 0.010
-    assert plan.alternatives[0].objective_value == pytest.approx(0.0105, rel=1e-12)
+    # bottleneck: edge queue + decode + tail = 0 + 0.0005 / 40 + 0.010
+    assert plan.alternatives[0].objective_value == pytest.approx(0.0005 / SPEEDUP + 0.010,
+                                                                 rel=1e-12)
     assert plan.predicted_s == pytest.approx(latency(device(), EDGE, sat, 0, "fp32"), rel=1e-12)
 
 
@@ -200,7 +219,7 @@ def test_energy_with_an_expensive_radio_sends_fewer_bytes():
     b = radio.breakdown
     assert radio.alternatives[0].objective_value == pytest.approx(
         2.0 * (0.150 + 0.004) + 100.0 * 2000 * 8 / 20e6 + 0.5 * 40 * 8 / 20e6
-        + 0.1 * (0.020 + 0.002 + 0.001), rel=1e-12)
+        + 0.1 * (0.020 + 0.002 / SPEEDUP + 0.001), rel=1e-12)
     assert b.uplink_s < default.breakdown.uplink_s
 
 

@@ -44,10 +44,14 @@ def test_device_profile_covers_every_cut_and_codec(skipnet):
     assert DeviceProfile.from_json(json.loads(json.dumps(prof.to_json()))) == prof
 
 
-def test_profiles_feed_the_planner(skipnet):
-    device = profile_device(skipnet, codecs=("fp32", "int8+zstd"), repeats=2)
-    edge = profile_edge_locally(skipnet, repeats=2, speedup=10.0)
-    assert edge.tail_s[len(skipnet.cuts) - 1] == 0.0 and edge.tail_s[0] > 0
+def test_profiles_feed_the_planner():
+    # 256x256: enough compute (a few ms) that a 10x faster edge wins over a free link; at 32x32
+    # the whole model costs less than the two wake-ups after idle that a request adds
+    torch.manual_seed(0)
+    big = splitinfer.partition(SkipNet().eval(), (torch.randn(1, 3, 256, 256),), name="big")
+    device = profile_device(big, codecs=("fp32", "int8+zstd"), repeats=3)
+    edge = profile_edge_locally(big, repeats=3, speedup=10.0)
+    assert edge.tail_s[len(big.cuts) - 1] == 0.0 and edge.tail_s[0] > 0
     slow = choose(device, edge, Link(rtt_s=0.2, bandwidth_bps=1e5))
     fast = choose(device, edge, Link(rtt_s=0.0001, bandwidth_bps=1e10))
     assert slow.predicted_s >= fast.predicted_s
@@ -64,8 +68,23 @@ def test_edge_profile_from_model_info(skipnet):
     assert dict(edge.tail_s) == {0: 0.01, 1: 0.005} and edge.queue_s == 0.002
 
 
+def test_slowdown_profiles_an_emulated_slower_device(skipnet):
+    # SkipNet is tiny: both profiles are small, but the one of a device 20x slower is several
+    # times larger (each timed run idles 19x its CPU time), at every stage it measures
+    fast = profile_device(skipnet, codecs=("int8+zstd",), repeats=3)
+    slow = profile_device(skipnet, codecs=("int8+zstd",), repeats=3, slowdown=20)
+    assert slow.cuts[-1].head_s > 4 * fast.cuts[-1].head_s
+    enc = [(f.codecs[0].encode_s, s.codecs[0].encode_s)
+           for f, s in zip(fast.cuts[:-1], slow.cuts[:-1])]
+    assert sum(s for _, s in enc) > 4 * sum(f for f, _ in enc)
+    assert slow.response_decode_s > 4 * fast.response_decode_s
+    heads = [c.head_s for c in slow.cuts]
+    assert heads == sorted(heads)
+
+
 @pytest.mark.parametrize("kwargs, match", [({"repeats": 0}, "repeats"),
-                                           ({"codecs": ("zip",)}, "zip")])
+                                           ({"codecs": ("zip",)}, "zip"),
+                                           ({"slowdown": 0.5}, "factor must be a number >= 1")])
 def test_bad_arguments(skipnet, kwargs, match):
     with pytest.raises(Exception, match=match):
         profile_device(skipnet, **kwargs)
