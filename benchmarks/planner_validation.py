@@ -85,6 +85,7 @@ EDGE_FLAGS = ("--torch-threads", "1", "--workers", "1", "--max-batch-size", "1",
               "--profile-tails", "true", "--log-level", "WARNING")
 DEFAULT_SLOWDOWN = 15.0  # the emulated device's core against this machine's
 TARGET_RATIO_MEDIAN, TARGET_RATIO_WORST, TARGET_PRED_ERR = 1.05, 1.15, 0.15
+TARGET_SPLIT_WINS, TARGET_WORST_GAIN = 1, 0.95
 CUT_BUDGET_S = 15.0  # seconds one configuration may take (warm-up + repeats) before N drops
 
 
@@ -220,11 +221,19 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def check_targets(s: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {
-        "chosen/oracle median": {"value": s["ratio_median"], "target": TARGET_RATIO_MEDIAN},
-        "chosen/oracle worst": {"value": s["ratio_worst"], "target": TARGET_RATIO_WORST},
-        "|pred-meas|/meas median": {"value": s["pred_err_median"], "target": TARGET_PRED_ERR},
-    }
+    """Each target's value, its bound as text ("<= 1.05") and whether it passes."""
+    gains = [w["gain_vs_best_baseline"] for w in s["split_vs_baselines"]]
+    wins = sum(1 for w in s["split_vs_baselines"] if w["split"] and w["beats_baselines"])
+    checks = (("chosen/oracle median", s["ratio_median"], "<=", TARGET_RATIO_MEDIAN),
+              ("chosen/oracle worst", s["ratio_worst"], "<=", TARGET_RATIO_WORST),
+              ("|pred-meas|/meas median", s["pred_err_median"], "<=", TARGET_PRED_ERR),
+              # the demo issue's: a split wins somewhere, and the choice never loses > 5 %
+              ("links where a split beats both baselines", wins, ">=", TARGET_SPLIT_WINS),
+              ("chosen vs better baseline, worst (baseline/chosen)", min(gains), ">=",
+               TARGET_WORST_GAIN))
+    return {name: {"value": value, "target": f"{op} {bound:g}",
+                   "pass": value <= bound if op == "<=" else value >= bound}
+            for name, value, op, bound in checks}
 
 
 def print_table(rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
@@ -356,9 +365,8 @@ def report(args: argparse.Namespace, res: dict[str, Any], wall_s: float) -> bool
     print_table(rows, summary)
     targets = check_targets(summary)
     for name, t in targets.items():
-        t["pass"] = t["value"] <= t["target"]
         print(f"{'PASS' if t['pass'] else 'FAIL'}: {name} {t['value']:.3f} "
-              f"(target <= {t['target']})")
+              f"(target {t['target']})")
     for w in summary["split_vs_baselines"]:
         what = "a split" if w["split"] else "a baseline itself (no split)"
         verdict = "beats" if w["beats_baselines"] else "does not beat"
