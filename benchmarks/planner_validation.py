@@ -20,7 +20,7 @@ One run, side by side, on this machine:
   profile is ``profile_device(slowdown=K)``, through the same emulation. That is how the device
   is made slower than the edge, a phone-class device next to a server; the measured
   device/edge ratio is printed. ``--device-cpu-quota Q`` instead confines the device thread to
-  Q cores with a cgroup-v1 ``cpu`` group (10 ms period), as ``splitinfer demo`` does; it was
+  Q cores with a cgroup-v1 ``cpu`` group (10 ms period; ``splitinfer demo`` has it too); it was
   too noisy here to validate against (the kernel cuts work into 1 ms slices: the same
   computation took 80-180 ms depending on where it fell in the period).
 - Links: bandwidth 1, 10, 100, 1000 Mbit/s x RTT 5, 30, 100 ms through a link emulator (TCP

@@ -31,6 +31,7 @@ import grpc
 from splitinfer.codec import get_codec
 from splitinfer.errors import InvalidRequest
 from splitinfer.planner import OBJECTIVES, Constraints
+from splitinfer.slowdown import SlowDevice
 from splitinfer.wire import convert
 
 from . import _errors
@@ -69,7 +70,10 @@ class AsyncSplitClient:
     edge's bearer token; ``head``: "auto", "torch" or "onnx"; ``window``: frames in flight in
     ``stream``; ``shadow_rate``: fraction of requests also run fully on the device to measure
     divergence; ``device_profile``: a DeviceProfile or its JSON path (else measured at connect
-    when planning needs it).
+    when planning needs it); ``device_slowdown``: emulate a device that many times slower than
+    this machine, for demos and what-if runs (``splitinfer.slowdown.SlowDevice``: every piece
+    of work on the device thread idles ``device_slowdown - 1`` times the CPU time it used, and
+    the profile measured at connect is that device's); 1 = off.
     """
 
     def __init__(self, bundle: str | Path, edges: Sequence[str] | str, *,
@@ -81,7 +85,8 @@ class AsyncSplitClient:
                  codecs: Sequence[str] = DEFAULT_CLIENT_CODECS, replan: bool = True,
                  probe_interval_s: float = 2.0, refresh_s: float = 10.0,
                  breaker: BreakerPolicy = BreakerPolicy(), connect_timeout_s: float = 10.0,
-                 max_profile_cuts: int = 24, threads: int | None = None) -> None:
+                 max_profile_cuts: int = 24, threads: int | None = None,
+                 device_slowdown: float = 1.0) -> None:
         _check_number("deadline_s", deadline_s, low=0.0)
         _check_number("connect_timeout_s", connect_timeout_s, low=0.0)
         _check_number("probe_interval_s", probe_interval_s, low=0.0)
@@ -92,6 +97,10 @@ class AsyncSplitClient:
             raise ValueError(f"window is {window!r}; expected an int from 1 to 1024")
         if not (isinstance(shadow_rate, (int, float)) and 0.0 <= shadow_rate <= 1.0):
             raise ValueError(f"shadow_rate is {shadow_rate!r}; expected a fraction 0..1")
+        if (isinstance(device_slowdown, bool) or not isinstance(device_slowdown, (int, float))
+                or not 1 <= device_slowdown < math.inf):
+            raise ValueError(f"device_slowdown is {device_slowdown!r}; expected a number >= 1 "
+                             f"(1 = this machine's speed)")
         if objective not in OBJECTIVES:
             raise ValueError(f"objective is {objective!r}; expected one of {list(OBJECTIVES)}")
         if codec != "auto":
@@ -107,6 +116,9 @@ class AsyncSplitClient:
         self.connect_timeout_s, self.max_profile_cuts = connect_timeout_s, max_profile_cuts
         self._cut_arg, self._codec_arg, self._head_arg = cut, codec, head
         self._threads, self._profile_arg = threads, device_profile
+        self.device_slowdown = float(device_slowdown)
+        # the device thread's own: SlowDevice keeps per-thread accounts
+        self._slow = SlowDevice(device_slowdown) if device_slowdown > 1 else None
         # channels are made in connect(), on the loop that will use them
         self._pool_args = dict(addresses=[edges] if isinstance(edges, str) else list(edges),
                                tls=as_tls(tls), token=token, breaker=breaker)
@@ -139,7 +151,7 @@ class AsyncSplitClient:
         self._device_pool = ThreadPoolExecutor(1, thread_name_prefix="splitinfer-device")
         self._pool = EdgePool(**self._pool_args)
         try:
-            self.runner = await self.on_device(make_runner, self.bundle, self._head_arg,
+            self.runner = await self.on_device_thread(make_runner, self.bundle, self._head_arg,
                                                self._threads)
             self.manifest = self.runner.manifest
             self.cut_id = _resolve_cut(self._cut_arg, self.manifest.cuts, self.runner)
@@ -236,7 +248,14 @@ class AsyncSplitClient:
 
     # -- pieces used by infer and stream ------------------------------------------------------
     async def on_device(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run ``fn`` on the device thread (one at a time, like a device's compute)."""
+        """Run ``fn`` on the device thread (one at a time, like a device's compute), as one
+        step of the emulated slower device when ``device_slowdown`` > 1."""
+        if self._slow is None:
+            return await self.on_device_thread(fn, *args)
+        return await self.on_device_thread(self._slow.run, fn, *args)
+
+    async def on_device_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn`` on the device thread, never slowed: loading, profiling."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._device_pool, fn, *args)
 

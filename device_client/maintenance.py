@@ -138,7 +138,8 @@ class Maintenance:
             self.edge_profile = await self._edge_profile(edge, wait=True)
             if c.device_profile is None:
                 ids = profile_cut_ids(len(c.manifest.cuts), c.cut_id, c.max_profile_cuts)
-                c.device_profile = await c.on_device(c.runner.profile, ids, c.codecs, 3)
+                c.device_profile = await c.on_device_thread(c.runner.profile, ids, c.codecs,
+                                                            3, c.device_slowdown)
         c._plan = self.make(link)
 
     async def _edge_profile(self, edge: Edge, *, wait: bool) -> EdgeProfile:

@@ -98,10 +98,12 @@ class TorchRunner:
     def to_numpy(self, x: Any) -> np.ndarray:
         return x.detach().cpu().float().numpy() if x.is_floating_point() else x.cpu().numpy()
 
-    def profile(self, cut_ids: Sequence[int], codecs: Sequence[str], repeats: int) -> Any:
+    def profile(self, cut_ids: Sequence[int], codecs: Sequence[str], repeats: int,
+                slowdown: float = 1.0) -> Any:
         from splitinfer.profiler import profile_device
 
-        return profile_device(self.sm, codecs=codecs, repeats=repeats, cut_ids=cut_ids)
+        return profile_device(self.sm, codecs=codecs, repeats=repeats, cut_ids=cut_ids,
+                              slowdown=slowdown)
 
 
 class OnnxRunner:
@@ -143,7 +145,8 @@ class OnnxRunner:
     def to_numpy(self, x: Any) -> np.ndarray:
         return np.asarray(x, dtype=np.float32) if np.asarray(x).dtype.kind == "f" else x
 
-    def profile(self, cut_ids: Sequence[int], codecs: Sequence[str], repeats: int) -> Any:
+    def profile(self, cut_ids: Sequence[int], codecs: Sequence[str], repeats: int,
+                slowdown: float = 1.0) -> Any:
         return None  # ONNX heads run at a cut fixed by the caller; nothing to plan over
 
 

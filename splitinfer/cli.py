@@ -26,6 +26,8 @@ from .link import parse_duration, parse_rate
 log = logging.getLogger("splitinfer")
 
 _INT_DTYPES = {"int64", "int32", "int16", "int8", "uint8", "bool"}
+#: how many times slower than this machine ``splitinfer demo`` makes its device by default
+DEMO_SLOWDOWN = 15.0
 
 
 def _parse_shape(text: str) -> tuple[int, ...]:
@@ -211,6 +213,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if not 0 <= args.device_cpu_quota <= 64 or not args.deadline > 0:
         raise SplitInferError("--device-cpu-quota must be 0 (off) to 64 cores and --deadline "
                               "> 0 seconds")
+    if args.device_slowdown is None:  # the quota, when asked for, replaces the dilation
+        args.device_slowdown = 1.0 if args.device_cpu_quota > 0 else DEMO_SLOWDOWN
+    elif not 1 <= args.device_slowdown <= 1000:
+        raise SplitInferError(f"--device-slowdown {args.device_slowdown:g}: must be 1 (full "
+                              f"speed) to 1000")
     try:
         with _quiet_torch(args):
             return run_live(args)
@@ -348,9 +355,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="live: link round-trip time (default $SPLITINFER_DEMO_RTT or 40ms)")
     d.add_argument("--requests", type=int, default=60,
                    help="live: timed requests per mode (default 60)")
-    d.add_argument("--device-cpu-quota", type=float, default=0.1,
-                   help="live: CPU cores the device may use, via a cgroup-v1 quota where "
-                        "writable, to make it slower than the edge (default 0.1; 0 = off)")
+    slow = d.add_mutually_exclusive_group()
+    slow.add_argument("--device-slowdown", type=float, default=None, metavar="K",
+                      help="live: make the device K times slower than this machine by time "
+                           "dilation: each piece of device work idles K-1 times its CPU time "
+                           f"(default {DEMO_SLOWDOWN:g}; 1 = full speed)")
+    slow.add_argument("--device-cpu-quota", type=float, default=0.0, metavar="CORES",
+                      help="live: instead, confine the device to CORES cores with a cgroup-v1 "
+                           "quota where writable (e.g. 0.1; noisier than --device-slowdown)")
     d.add_argument("--deadline", type=float, default=2.0,
                    help="live: per-request deadline in seconds before the local fallback "
                         "(default 2)")

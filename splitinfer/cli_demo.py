@@ -2,11 +2,15 @@
 
 1. A bundle of torchvision's MobileNetV3-Small (random weights; see ``splitinfer.demo_live`` for why
    this model) under ``.demo/repo/``, built on the first run and reused after.
-2. A real edge node subprocess (``python -m edge_node``, 2 torch threads) and, in this process,
+2. A real edge node subprocess (``python -m edge_node``, 1 torch thread) and, in this process,
    the link emulator between device and edge (default 20 Mbit/s each way, 40 ms RTT).
-3. The device is this process, made slower than the edge: one torch thread and, where cgroup
-   v1 is writable, a CPU quota (default 0.1 cores) on every thread started from here on (the
-   client's device thread inherits it; the edge and the emulator were started before).
+3. The device is this process, made slower than the edge: one torch thread, emulated
+   ``--device-slowdown`` (default 15) times slower by time dilation (``SplitClient(...,
+   device_slowdown=K)``: each piece of device work idles K-1 times its CPU time, and the
+   device profile is that device's). ``--device-cpu-quota C`` instead puts every thread started
+   from here on in a cgroup-v1 CPU quota where writable (the client's device thread inherits
+   it; the edge and the emulator were started before); noisier: the kernel cuts the work into
+   1 ms slices, so the same head takes a different time wherever it falls in the period.
 4. ``device_client.SplitClient`` measures the link, plans (cut and codec) and runs N requests;
    then the same N device-only and edge-only, each timed per request.
 5. A table (link, plan, p50/p95, bytes per request, speedup), ``demo.json`` and ``demo.png``.
@@ -34,7 +38,9 @@ from .netem import LinkEmulator, LinkShape
 
 __all__ = ["run_live"]
 
-EDGE_FLAGS = ("--torch-threads", "2", "--max-batch-size", "1", "--log-level", "WARNING")
+# one torch thread: on a 2-core machine two OpenMP threads in the edge's worker thread ran
+# MobileNetV3-Small ~2x slower than one (the demo's device and emulator use the other core)
+EDGE_FLAGS = ("--torch-threads", "1", "--max-batch-size", "1", "--log-level", "WARNING")
 WARMUP = 2
 
 
@@ -85,7 +91,8 @@ def _measure(stack: contextlib.ExitStack, bundle: Path, proxy_addr: str, device:
     inputs = [torch.randn(1, 3, args.input_size, args.input_size, generator=gen)
               for _ in range(args.requests)]
     common = dict(edges=[proxy_addr], deadline_s=args.deadline, fallback="local",
-                  device_profile=device, connect_timeout_s=60.0)
+                  device_profile=device, connect_timeout_s=60.0,
+                  device_slowdown=args.device_slowdown)
     last = device.cuts[-1].cut_id
 
     def client(**kw: Any) -> Any:
@@ -111,7 +118,7 @@ def _measure(stack: contextlib.ExitStack, bundle: Path, proxy_addr: str, device:
             "agreement": demo_live.agreement(outs["split"], outs["device-only"])}
 
 
-def _profile_device(bundle: Path) -> Any:
+def _profile_device(bundle: Path, slowdown: float) -> Any:
     from device_client.planning import DEFAULT_CLIENT_CODECS, profile_cut_ids
 
     from .bundle import load_bundle
@@ -119,7 +126,8 @@ def _profile_device(bundle: Path) -> Any:
 
     sm = load_bundle(bundle)
     ids = profile_cut_ids(len(sm.cuts), None, 24)
-    return profile_device(sm, codecs=DEFAULT_CLIENT_CODECS, repeats=3, cut_ids=ids)
+    return profile_device(sm, codecs=DEFAULT_CLIENT_CODECS, repeats=5, cut_ids=ids,
+                          slowdown=slowdown)
 
 
 def _result(args: argparse.Namespace, m: dict[str, Any], quota: DeviceQuota, node: Any,
@@ -138,7 +146,8 @@ def _result(args: argparse.Namespace, m: dict[str, Any], quota: DeviceQuota, nod
                  "measured": link.to_json() if link else None,
                  "estimated_at_end": m["estimated_link"].to_json() if m["estimated_link"]
                  else None},
-        "device": {"cpu_quota": args.device_cpu_quota, "quota_applied": quota.group is not None,
+        "device": {"slowdown": args.device_slowdown,
+                   "cpu_quota": args.device_cpu_quota, "quota_applied": quota.group is not None,
                    "quota_error": quota.error, "device_full_ms": dev_ms,
                    "edge_full_ms": edge_ms, "device_edge_ratio": dev_ms / edge_ms},
         "plan": {"cut_id": m["chosen"].cut_id, "cut_name": m["chosen"].cut_name,
@@ -171,8 +180,11 @@ def _run_stack(stack: contextlib.ExitStack, args: argparse.Namespace, repo: Path
     quota = stack.enter_context(DeviceQuota(args.device_cpu_quota))
     if args.device_cpu_quota > 0 and quota.group is None:
         _say(f"device: no CPU quota ({quota.error}); it runs at full speed")
+    if args.device_slowdown > 1:
+        _say(f"device: emulated {args.device_slowdown:g}x slower than this machine (time "
+             f"dilation)")
     _say("device: profiling the head at every cut (1 thread)...")
-    device = _profile_device(bundle)
+    device = _profile_device(bundle, args.device_slowdown)
     m = _measure(stack, bundle, f"127.0.0.1:{proxy.port}", device, args)
     return m, _result(args, m, quota, node, f"{len(load_manifest_cuts(bundle))} cuts, "
                                            f"{len(device.cuts)} profiled")

@@ -129,9 +129,14 @@ def print_report(res: dict[str, Any]) -> None:
           f"{res['cuts']}")
     print(f"link      asked {_fmt_link(res['link']['asked'])}; measured by the client "
           f"{_fmt_link(res['link']['measured'])}")
-    quota = (f"CPU quota {dev['cpu_quota']} cores" if dev["quota_applied"]
-             else "no CPU quota")
-    print(f"device    1 torch thread, {quota}: device/edge compute "
+    if dev.get("slowdown", 1) > 1:
+        how = f"emulated {dev['slowdown']:g}x slower (time dilation)"
+    elif dev["cpu_quota"]:
+        how = (f"CPU quota {dev['cpu_quota']} cores" if dev["quota_applied"]
+               else "no CPU quota (not writable here)")
+    else:
+        how = "full speed"
+    print(f"device    1 torch thread, {how}: device/edge compute "
           f"{dev['device_edge_ratio']:.1f}x (full model {dev['device_full_ms']:.0f} ms here, "
           f"{dev['edge_full_ms']:.0f} ms on the edge)")
     print(f"plan      {plan['describe']}")

@@ -22,6 +22,7 @@ import sys
 import time
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 
 from .codec import decode_torch, encoded_nbytes, get_codec, list_codecs
@@ -105,18 +106,13 @@ def _message(encoded: Sequence[Any]) -> Any:
     return convert.build_infer_response(request_id="0" * 32, outputs=encoded)
 
 
-def _calibrated_runs(sm: Any, inputs: Sequence[torch.Tensor], repeats: int,
-                     device: SlowDevice | None = None) -> list[list[float]]:
-    """Per-node times of ``repeats`` runs, scaled so a run sums to the plain (un-instrumented)
-    wall time of the whole model. The split between nodes is CPU time (``process_time``), the
-    total is wall time as the device will run it. Why: timing every node costs Python work
-    that a throttled device (a CPU quota) stretches with everything else (wall-clock per-node
-    sums were ~40 % high), and a throttled thread's stalls land on whichever node is running
-    when its budget runs out, which piled whole stalls onto a few cuts' heads. With ``device``
-    (an emulated slower device) the plain runs are its steps, so the total is its wall time."""
-    # each run after idle (and one step of the emulated device, if any), as a request comes:
-    # the cold start then lands on the first nodes and a cold read of the last layers' weights
-    # on those; back-to-back warm runs would spread both over every node
+def _node_runs(sm: Any, inputs: Sequence[torch.Tensor], repeats: int,
+               device: SlowDevice | None) -> list[list[float]]:
+    """Per-node CPU times of ``repeats`` runs of the whole model (the split between nodes).
+
+    Each run comes after idle (and is one step of the emulated device, if any), as a request
+    does: the cold start then lands on the first nodes and a cold read of the last layers'
+    weights on those; back-to-back warm runs would spread both over every node."""
     clock = time.process_time if device is None else time.thread_time
     sm.segment_time_runs(inputs, 1, clock=clock)  # warm-up
 
@@ -127,12 +123,41 @@ def _calibrated_runs(sm: Any, inputs: Sequence[torch.Tensor], repeats: int,
     for _ in range(repeats):
         time.sleep(COLD_IDLE_S)
         runs.append(one() if device is None else device.run(one))
-    plain, _ = _median_time(lambda: sm(*inputs), repeats, device, cold=True)
+    return runs
+
+
+def _plain_run(sm: Any, inputs: Sequence[torch.Tensor], device: SlowDevice | None) -> float:
+    """Wall time of one un-instrumented run of the whole model, after idle."""
+    time.sleep(COLD_IDLE_S)
+    start = time.perf_counter()
+    if device is None:
+        sm(*inputs)
+    else:
+        device.run(sm, *inputs)
+    return time.perf_counter() - start
+
+
+def _scaled(runs: list[list[float]], plains: Sequence[float]) -> list[list[float]]:
+    """``runs`` scaled so a run sums to the median plain (un-instrumented) wall time. The
+    split between nodes is CPU time, the total is wall time as the device will run it. Why:
+    timing every node costs Python work that a throttled device (a CPU quota) stretches with
+    everything else (wall-clock per-node sums were ~40 % high), and a throttled thread's
+    stalls land on whichever node is running when its budget runs out, which piled whole
+    stalls onto a few cuts' heads."""
     timed = statistics.median(sum(run) for run in runs)
     if timed <= 0:
         return runs
-    scale = plain / timed  # wall over CPU: ~1 on an idle core, 1/share under a CPU quota
+    scale = statistics.median(plains) / timed  # wall over CPU: ~1 on an idle core
     return [[t * scale for t in run] for run in runs]
+
+
+def _calibrated_runs(sm: Any, inputs: Sequence[torch.Tensor], repeats: int
+                     ) -> list[list[float]]:
+    """Per-node times of ``repeats`` runs scaled to the plain wall time (see ``_scaled``)."""
+    with torch.no_grad():
+        runs = _node_runs(sm, inputs, repeats, None)
+        sm(*inputs)  # warm-up
+        return _scaled(runs, [_plain_run(sm, inputs, None) for _ in range(repeats)])
 
 
 def _median_prefix(runs: Sequence[Sequence[float]], end: int) -> float:
@@ -164,25 +189,34 @@ def profile_device(sm: Any, inputs: Sequence[torch.Tensor] | None = None, *,
     for name in codecs:
         get_codec(name)  # unknown names fail before any measuring
     inputs = tuple(inputs) if inputs is not None else tuple(t[:1] for t in sm.example_inputs)
-    runs = _calibrated_runs(sm, inputs, repeats, device)
     last = len(sm.cuts) - 1
     ids = sorted({0, last, *(cut_ids if cut_ids is not None else range(len(sm.cuts)))})
+    # the plain runs that set the total are spread over the whole profiling, between cuts:
+    # a slow spell of a shared machine (a second or more) then moves their median little
+    n_plain = max(repeats, min(len(ids), 3 * repeats))
+    plain_after = [int(i) for i in np.linspace(0, len(ids) - 1, min(n_plain, len(ids)))]
     show = _progress(progress)
-    cuts = []
+    measured = []
+    plains: list[float] = []
     with torch.no_grad():
+        runs = _node_runs(sm, inputs, repeats, device)
+        sm(*inputs)  # warm-up
         for done, cut_id in enumerate(ids, 1):
             cut = sm.cut(cut_id)
             crossing = sm.head(cut_id)(*inputs)
             costs = () if cut_id == last else tuple(
                 _codec_cost(name, crossing, repeats, device, cold_encode=cut_id == 0)
                 for name in codecs)
-            cuts.append(CutCost(
-                cut_id=cut_id, name=cut.name,
-                head_s=_median_prefix(runs, sm.cut_position(cut_id) + 1),
-                head_flops=float(sm.head_flops(cut_id)),
-                head_memory_bytes=_head_memory(sm, cut_id, crossing),
-                head_nodes=cut.head_nodes, codecs=costs))
+            measured.append((cut, costs, _head_memory(sm, cut_id, crossing)))
+            plains += [_plain_run(sm, inputs, device) for _ in range(plain_after.count(done - 1))]
             show(f"profiling {sm.name}", done, len(ids))
+        plains += [_plain_run(sm, inputs, device) for _ in range(n_plain - len(plains))]
+        runs = _scaled(runs, plains)
+        cuts = [CutCost(cut_id=cut.id, name=cut.name,
+                        head_s=_median_prefix(runs, sm.cut_position(cut.id) + 1),
+                        head_flops=float(sm.head_flops(cut.id)), head_memory_bytes=memory,
+                        head_nodes=cut.head_nodes, codecs=costs)
+                for cut, costs, memory in measured]
         outputs = sm.tail(last)(*sm.head(last)(*inputs))
         outputs = outputs if isinstance(outputs, tuple) else (outputs,)
         response = _codec_cost("fp32", outputs, repeats, device, cold_decode=True)

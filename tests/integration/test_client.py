@@ -109,6 +109,9 @@ def test_bad_inputs_are_refused_with_a_clear_error_and_counted(nodes, bundles, t
     ({"edges": []}, "edges is empty"),
     ({"edges": ["a:1", "a:1"]}, "twice"),
     ({"tls": {"cert": "c.pem"}}, "cert and key go together"),
+    ({"device_slowdown": 0.5}, "device_slowdown is 0.5"),
+    ({"device_slowdown": "2"}, "device_slowdown is '2'"),
+    ({"device_slowdown": float("inf")}, "device_slowdown is inf"),
 ])
 def test_bad_arguments_name_the_problem(bundles, kwargs, match):
     kwargs = {"edges": ["127.0.0.1:1"], **kwargs}
@@ -188,6 +191,23 @@ def test_device_only_plan_runs_locally_without_the_network(nodes, bundles, tmp_p
         got = client.infer_result(x)
     assert got.answered_by == "device" and got.codec is None
     assert torch.equal(got.outputs, bundles.resnet(torch.from_numpy(x)))
+
+
+def test_device_slowdown_emulates_a_slower_device(nodes, bundles, tmp_path):
+    # every piece of device work idles (K - 1) x its CPU time: device-only requests take
+    # several times longer, and the answers do not change
+    node = exact_node(nodes, bundles, tmp_path)
+    last = len(bundles.resnet.cuts) - 1
+    x = np.random.default_rng(0).standard_normal((1, 3, 64, 64)).astype(np.float32)
+    took = {}
+    for k in (1, 6):
+        with SplitClient(bundles.path("resnet18", "1"), edges=[node.target], cut=last,
+                         codec="fp32", fallback="error", device_slowdown=k) as client:
+            client.infer(x)  # warm-up
+            results = [client.infer_result(x) for _ in range(5)]
+        assert all(torch.equal(r.outputs, bundles.resnet(torch.from_numpy(x))) for r in results)
+        took[k] = sorted(r.latency_s for r in results)[2]
+    assert took[6] > 2.5 * took[1], took  # 6x by construction; generous for a busy machine
 
 
 def test_mutual_tls_and_token_like_the_edge_node(nodes, bundles, tmp_path, tls_files):
