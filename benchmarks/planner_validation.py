@@ -25,8 +25,10 @@ One run, side by side, on this machine:
   computation took 80-180 ms depending on where it fell in the period).
 - Links: bandwidth 1, 10, 100, 1000 Mbit/s x RTT 5, 30, 100 ms through a link emulator (TCP
   proxy; rate both ways, RTT/2 delay each way); --quick: (10 Mbit/s, 30 ms), (1000, 5).
-  Per link the link is measured with Probe (several sizes, ``fit_link``) and the planner runs
-  on the measured link ("the planner's choice", what a device would do) and on the nominal one.
+  Per link the link is measured with Probe (several sizes, ``fit_link``), the device re-times
+  its whole model (7 runs) and scales its profile to its speed now (``DeviceProfile.scaled``;
+  the factor is in each row), and the planner runs on the measured link ("the planner's
+  choice", what a device would do) and on the nominal one.
 - Measured per link: an even sample of cuts (--quick: 3) plus the chosen cut, device-only and
   edge-only, each with the codec the planner ranks best for that cut; one measurement is head
   -> encode -> Infer through the proxy -> decode. One warm-up each, then rounds in which every
@@ -63,6 +65,7 @@ import torchvision  # noqa: E402
 
 from benchmarks._edgeutil import start_edge  # noqa: E402
 from benchmarks._splitclient import SplitClient, Timing  # noqa: E402
+from device_client.link_probe import sizes_for  # noqa: E402
 from splitinfer.bundle import load_bundle, save_bundle  # noqa: E402
 from splitinfer.cpuquota import DeviceQuota  # noqa: E402
 from splitinfer.link import Link  # noqa: E402
@@ -86,6 +89,7 @@ EDGE_FLAGS = ("--torch-threads", "1", "--workers", "1", "--max-batch-size", "1",
 DEFAULT_SLOWDOWN = 15.0  # the emulated device's core against this machine's
 TARGET_RATIO_MEDIAN, TARGET_RATIO_WORST, TARGET_PRED_ERR = 1.05, 1.15, 0.15
 TARGET_SPLIT_WINS, TARGET_WORST_GAIN = 1, 0.95
+RECALIBRATE_RUNS = 7  # whole-model runs that re-time the device before each link
 CUT_BUDGET_S = 15.0  # seconds one configuration may take (warm-up + repeats) before N drops
 
 
@@ -128,10 +132,11 @@ def repeats_for(pred_s: float, base: int) -> int:
 
 
 def probe_sizes(bandwidth_bps: float) -> list[int]:
-    # the largest probe takes ~0.25 s of transfer: long enough that bandwidth beats the noise,
-    # short enough for 1 Mbit/s. A real device would grow sizes until the time doubles.
-    top = int(min(max(bandwidth_bps / 8 * 0.25, 32 << 10), 4 << 20))
-    return [1024, top // 4, top // 2, top]
+    # the device client's own sizes, the largest ~0.25 s of transfer (long enough that
+    # bandwidth beats the noise, short enough for 1 Mbit/s), capped at 2 MB: at 1 Gbit/s and
+    # 100 ms RTT a 4 MB probe needed extra round trips for HTTP/2 flow control (211 ms against
+    # 120 for 2 MB), which bent the fit to 300 Mbit/s and an RTT of 87 ms
+    return sizes_for(bandwidth_bps, seconds=0.25)
 
 
 def plan_cuts(plan: Plan, last: int, k: int) -> list[int]:
@@ -173,9 +178,19 @@ def run_link(client: SplitClient, proxy: LinkEmulator, device: Any, edge: Any,
     nominal = Link(rtt_s=rtt_ms / 1e3, bandwidth_bps=bw_mbps * 1e6)
     proxy.set_shape(LinkShape(rate_bps=nominal.bandwidth_bps, delay_s=nominal.rtt_s / 2))
     measured, samples = client.probe_link(probe_sizes(nominal.bandwidth_bps), args.probe_rounds)
+    last = client.last_cut
+    # the device re-times its whole model and scales its profile to its speed now: this shared
+    # machine has slow spells that last minutes (device-only once ran 30-50 % above its profile
+    # for the second half of a grid), as a phone has thermal limits; the planner should plan
+    # for the device it has, and the oracle is measured on the same device
+    client.once(last, None)
+    now = statistics.median(client.timed(last, None) for _ in range(RECALIBRATE_RUNS))
+    speed = now / device.cuts[-1].head_s
+    device = device.scaled(speed)
+    print(f"  device now {now * 1e3:.1f} ms for the whole model: {speed:.2f}x its profile",
+          flush=True)
     plan = choose(device, edge, measured, objective="latency")
     plan_nominal = choose(device, edge, nominal, objective="latency")
-    last = client.last_cut
     timings = measure_interleaved(client, plan, plan_cuts(plan, last, args.cuts), args.repeats)
     for cut, t in timings.items():
         print(f"  cut {cut:3d} {str(t.codec):10s} predicted {predicted_s(plan, cut) * 1e3:9.1f} "
@@ -189,6 +204,7 @@ def run_link(client: SplitClient, proxy: LinkEmulator, device: Any, edge: Any,
         "oracle_cut": oracle.cut_id, "oracle_codec": oracle.codec,
         "oracle_ms": oracle.median_s * 1e3,
         "device_only_ms": timings[last].median_s * 1e3, "edge_only_ms": timings[0].median_s * 1e3,
+        "device_speed_factor": speed,
         "nominal_plan": {"cut": plan_nominal.cut_id, "codec": plan_nominal.codec,
                          "predicted_ms": plan_nominal.predicted_s * 1e3,
                          "measured_ms": (timings[plan_nominal.cut_id].median_s * 1e3

@@ -8,7 +8,7 @@ bytes, and all are checked to be finite and >= 0 on construction, so the planner
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Any, Mapping
 
@@ -121,6 +121,20 @@ class DeviceProfile:
         if len(ids) < 2 or any(a >= b for a, b in zip(ids, ids[1:])):
             raise ValueError(f"DeviceProfile {self.model!r}: cut ids {ids}; expected at least two "
                              f"cuts (edge-only first, device-only last) in increasing id order")
+
+    def scaled(self, factor: float) -> "DeviceProfile":
+        """The same device ``factor`` times slower (> 1) or faster (< 1): every time it spends
+        (heads, encoding, decoding) times ``factor``; bytes, FLOPs and errors unchanged. For a
+        device whose speed moved since it was profiled (a thermal limit, another load): time
+        the whole model again and scale by new / profiled."""
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) \
+                or not 0 < factor < math.inf:
+            raise ValueError(f"DeviceProfile.scaled: factor is {factor!r}; expected a number "
+                             f"> 0")
+        cuts = tuple(replace(c, head_s=c.head_s * factor, codecs=tuple(
+            replace(k, encode_s=k.encode_s * factor, decode_s=k.decode_s * factor)
+            for k in c.codecs)) for c in self.cuts)
+        return replace(self, cuts=cuts, response_decode_s=self.response_decode_s * factor)
 
     def to_json(self) -> dict[str, Any]:
         return {"model": self.model, "fingerprint": self.fingerprint, "threads": self.threads,

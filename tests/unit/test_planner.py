@@ -254,6 +254,25 @@ def test_near_ties_within_1e_12_are_ties():
     assert picked(choose(_twins(5e8, 1e8), edge, MID))[0] == 1
 
 
+def test_a_scaled_device_profile_scales_every_device_time_and_nothing_else():
+    dev = device()
+    slow = dev.scaled(2.5)
+    for a, b in zip(dev.cuts, slow.cuts):
+        assert b.head_s == pytest.approx(2.5 * a.head_s, rel=1e-12)
+        assert (b.cut_id, b.name, b.head_flops, b.head_memory_bytes) == \
+            (a.cut_id, a.name, a.head_flops, a.head_memory_bytes)
+        for k, m in zip(a.codecs, b.codecs):
+            assert (m.encode_s, m.decode_s) == pytest.approx((2.5 * k.encode_s, 2.5 * k.decode_s))
+            assert (m.codec, m.request_bytes, m.error) == (k.codec, k.request_bytes, k.error)
+    assert slow.response_decode_s == pytest.approx(2.5 * dev.response_decode_s)
+    assert slow.response_bytes == dev.response_bytes and dev.scaled(1.0) == dev
+    # a slower device moves the choice toward the edge: the toy on the MID link
+    assert picked(choose(dev.scaled(10), EDGE, MID)) == (0, "fp16")
+    for bad in (0, -1.0, float("nan"), float("inf"), "2", True):
+        with pytest.raises(ValueError, match="factor is"):
+            dev.scaled(bad)
+
+
 # --- JSON -----------------------------------------------------------------------------------
 
 def _json(obj):
