@@ -80,14 +80,6 @@ class SplitClient:
         """Fit the link from ``rounds`` Probe echoes of every size (server time taken out)."""
         return measure_link(self._stub, sizes, rounds, timeout=_TIMEOUT_S)
 
-    def measure(self, cut_id: int, codec: str | None, repeats: int) -> Timing:
-        """Median of ``repeats`` end-to-end runs after one warm-up; ``codec`` None (or the last
-        cut) runs the whole model here, no network."""
-        local = codec is None or cut_id == self.last_cut
-        nbytes = self.once(cut_id, codec)  # warm-up
-        samples = [self.timed(cut_id, codec) for _ in range(repeats)]
-        return Timing(cut_id, None if local else codec, tuple(samples), nbytes)
-
     def timed(self, cut_id: int, codec: str | None) -> float:
         """Seconds of one end-to-end run (see ``once``)."""
         start = time.perf_counter()

@@ -52,20 +52,24 @@ def _progress(enabled: bool) -> Callable[[str, int, int], None]:
 COLD_IDLE_S = 0.02
 
 
+def _timed(fn: Callable[[], Any], device: SlowDevice | None, cold: bool) -> float:
+    """Wall time of one call of ``fn``: a step of ``device`` (an emulated slower device) when
+    given, after ``COLD_IDLE_S`` of idle if ``cold``."""
+    if cold:
+        time.sleep(COLD_IDLE_S)
+    start = time.perf_counter()
+    if device is None:
+        fn()
+    else:
+        device.run(fn)
+    return time.perf_counter() - start
+
+
 def _median_time(fn: Callable[[], Any], repeats: int, device: SlowDevice | None = None,
                  cold: bool = False) -> tuple[float, Any]:
-    """Median wall time of ``repeats`` calls after a warm-up; each call a step of ``device``
-    (an emulated slower device) when given, and after ``COLD_IDLE_S`` of idle if ``cold``."""
-    step = fn if device is None else (lambda: device.run(fn))
-    result = step()  # warm-up, and the value to return
-    times = []
-    for _ in range(repeats):
-        if cold:
-            time.sleep(COLD_IDLE_S)
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), result
+    """Median of ``repeats`` ``_timed`` calls after a warm-up, and the warm-up's result."""
+    result = fn() if device is None else device.run(fn)  # warm-up, and the value to return
+    return statistics.median(_timed(fn, device, cold) for _ in range(repeats)), result
 
 
 def _codec_cost(name: str, tensors: Sequence[torch.Tensor], repeats: int,
@@ -128,13 +132,7 @@ def _node_runs(sm: Any, inputs: Sequence[torch.Tensor], repeats: int,
 
 def _plain_run(sm: Any, inputs: Sequence[torch.Tensor], device: SlowDevice | None) -> float:
     """Wall time of one un-instrumented run of the whole model, after idle."""
-    time.sleep(COLD_IDLE_S)
-    start = time.perf_counter()
-    if device is None:
-        sm(*inputs)
-    else:
-        device.run(sm, *inputs)
-    return time.perf_counter() - start
+    return _timed(lambda: sm(*inputs), device, cold=True)
 
 
 def _scaled(runs: list[list[float]], plains: Sequence[float]) -> list[list[float]]:
@@ -194,7 +192,7 @@ def profile_device(sm: Any, inputs: Sequence[torch.Tensor] | None = None, *,
     # the plain runs that set the total are spread over the whole profiling, between cuts:
     # a slow spell of a shared machine (a second or more) then moves their median little
     n_plain = max(repeats, min(len(ids), 3 * repeats))
-    plain_after = [int(i) for i in np.linspace(0, len(ids) - 1, min(n_plain, len(ids)))]
+    plain_after = {int(i) for i in np.linspace(0, len(ids) - 1, min(n_plain, len(ids)))}
     show = _progress(progress)
     measured = []
     plains: list[float] = []
@@ -208,7 +206,8 @@ def profile_device(sm: Any, inputs: Sequence[torch.Tensor] | None = None, *,
                 _codec_cost(name, crossing, repeats, device, cold_encode=cut_id == 0)
                 for name in codecs)
             measured.append((cut, costs, _head_memory(sm, cut_id, crossing)))
-            plains += [_plain_run(sm, inputs, device) for _ in range(plain_after.count(done - 1))]
+            if done - 1 in plain_after:
+                plains.append(_plain_run(sm, inputs, device))
             show(f"profiling {sm.name}", done, len(ids))
         plains += [_plain_run(sm, inputs, device) for _ in range(n_plain - len(plains))]
         runs = _scaled(runs, plains)
