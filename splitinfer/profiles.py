@@ -182,6 +182,17 @@ class EdgeProfile:
         return hash((self.model, self.fingerprint, tuple(self.tail_s.items()), self.queue_s,
                      self.decode_s_per_mb, self.response_encode_s))
 
+    def scaled(self, factor: float) -> "EdgeProfile":
+        """The same edge ``factor`` times slower (> 1) or faster (< 1): its tails and its
+        answer's encoding times ``factor``; the queue (load, not speed) and the per-MB
+        overhead unchanged. For an edge whose tails now run slower or faster than when it
+        profiled them (compare its answers' ``compute_s`` with ``tail_s``)."""
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) \
+                or not 0 < factor < math.inf:
+            raise ValueError(f"EdgeProfile.scaled: factor is {factor!r}; expected a number > 0")
+        return replace(self, tail_s={k: v * factor for k, v in self.tail_s.items()},
+                       response_encode_s=self.response_encode_s * factor)
+
     def to_json(self) -> dict[str, Any]:
         # JSON object keys are strings; from_json turns them back into cut ids
         return {"model": self.model, "fingerprint": self.fingerprint,

@@ -273,6 +273,22 @@ def test_a_scaled_device_profile_scales_every_device_time_and_nothing_else():
             dev.scaled(bad)
 
 
+def test_a_scaled_edge_profile_scales_its_compute_and_not_its_queue():
+    edge = EdgeProfile("toy", "fp-1", {0: 0.010, 2: 0.004}, queue_s=0.003,
+                       decode_s_per_mb=0.001, response_encode_s=0.0002)
+    slow = edge.scaled(1.5)
+    assert dict(slow.tail_s) == pytest.approx({0: 0.015, 2: 0.006}, rel=1e-12)
+    assert slow.response_encode_s == pytest.approx(0.0003, rel=1e-12)
+    assert (slow.queue_s, slow.decode_s_per_mb, slow.model, slow.fingerprint) == \
+        (0.003, 0.001, "toy", "fp-1")
+    assert edge.scaled(1.0) == edge
+    # a slower edge costs edge-only its lead on a fast link (the toy device, 10x slower)
+    assert picked(choose(device(scale=10), EDGE.scaled(200), FAST))[0] != 0
+    for bad in (0, -1.0, float("nan"), float("inf"), "2", True):
+        with pytest.raises(ValueError, match="factor is"):
+            edge.scaled(bad)
+
+
 # --- JSON -----------------------------------------------------------------------------------
 
 def _json(obj):
