@@ -37,9 +37,9 @@ from splitinfer.wire import convert
 from . import _errors
 from .breaker import BreakerPolicy
 from .edges import Edge, EdgePool, as_tls
-from .estimator import LinkEstimator
+from .estimator import DeviceSpeed, LinkEstimator
 from .maintenance import Maintenance
-from .planning import DEFAULT_CLIENT_CODECS, ClientPlan, load_device_profile
+from .planning import DEFAULT_CLIENT_CODECS, ClientPlan, device_work_s, load_device_profile
 from .runners import make_runner
 from .stats import ClientStats, EdgeStats, StatsRecorder
 
@@ -73,7 +73,10 @@ class AsyncSplitClient:
     when planning needs it); ``device_slowdown``: emulate a device that many times slower than
     this machine, for demos and what-if runs (``splitinfer.slowdown.SlowDevice``: every piece
     of work on the device thread idles ``device_slowdown - 1`` times the CPU time it used, and
-    the profile measured at connect is that device's); 1 = off.
+    the profile measured at connect is that device's); 1 = off. ``track_device_speed``: time
+    the device's work on every request against its profile and re-plan when the device runs
+    more than 1.25x slower or faster than the plan assumed (``DeviceSpeed``; a thermal limit,
+    another app); turn it off when ``device_profile`` is a what-if for another device.
     """
 
     def __init__(self, bundle: str | Path, edges: Sequence[str] | str, *,
@@ -86,7 +89,7 @@ class AsyncSplitClient:
                  probe_interval_s: float = 2.0, refresh_s: float = 10.0,
                  breaker: BreakerPolicy = BreakerPolicy(), connect_timeout_s: float = 10.0,
                  max_profile_cuts: int = 24, threads: int | None = None,
-                 device_slowdown: float = 1.0) -> None:
+                 device_slowdown: float = 1.0, track_device_speed: bool = True) -> None:
         _check_number("deadline_s", deadline_s, low=0.0)
         _check_number("connect_timeout_s", connect_timeout_s, low=0.0)
         _check_number("probe_interval_s", probe_interval_s, low=0.0)
@@ -101,6 +104,9 @@ class AsyncSplitClient:
                 or not 1 <= device_slowdown < math.inf):
             raise ValueError(f"device_slowdown is {device_slowdown!r}; expected a number >= 1 "
                              f"(1 = this machine's speed)")
+        if not isinstance(track_device_speed, bool):
+            raise ValueError(f"track_device_speed is {track_device_speed!r}; expected True or "
+                             f"False")
         if objective not in OBJECTIVES:
             raise ValueError(f"objective is {objective!r}; expected one of {list(OBJECTIVES)}")
         if codec != "auto":
@@ -128,6 +134,7 @@ class AsyncSplitClient:
         self._device_pool: ThreadPoolExecutor | None = None
         self._plan: ClientPlan | None = None
         self._estimator: LinkEstimator | None = None
+        self._speed = DeviceSpeed() if track_device_speed else None
         self._shadow_credit = 0.0
         self._shadow_busy = False
         self._tail_s: dict[int, float] = {}   # measured local tail time per cut, for reserves
@@ -198,6 +205,7 @@ class AsyncSplitClient:
         link = self._estimator.link if self._estimator is not None else None
         return self._stats.snapshot(
             link=link, cut_id=plan.cut_id if plan else None, codec=plan.codec if plan else None,
+            device_speed=self._speed.factor if self._speed is not None else 1.0,
             edges=tuple(EdgeStats(e.address, e.requests, e.ok, e.failures, e.breaker.state,
                                   e.breaker.opened, e.last_error, e.incompatible)
                         for e in self.edges))
@@ -222,11 +230,13 @@ class AsyncSplitClient:
             x = self.runner.prepare(inputs)
             plan = self.plan
             if plan.codec is None:
-                outs = await self.on_device(self.run_full, plan.cut_id, x)
+                outs = await self.on_device(self.run_full, plan.cut_id, x,
+                                            expect_s=self.expected_device_s(plan))
                 outcome = "device"
                 return InferOutcome(_unwrap(outs), rid, "device", plan.cut_id, None,
                                     time.monotonic() - start)
-            crossing, request = await self.on_device(self.head_request, plan, x, rid)
+            crossing, request = await self.on_device(self.head_request, plan, x, rid,
+                                                     expect_s=self.expected_device_s(plan))
             outs, by, reason = await self.send(request, crossing, plan.cut_id,
                                                start + self.deadline_s, rid)
             outcome = "local" if by == "local fallback" else "edge"
@@ -247,12 +257,30 @@ class AsyncSplitClient:
         return stream_frames(self, frames)
 
     # -- pieces used by infer and stream ------------------------------------------------------
-    async def on_device(self, fn: Callable[..., Any], *args: Any) -> Any:
+    async def on_device(self, fn: Callable[..., Any], *args: Any,
+                        expect_s: float | None = None) -> Any:
         """Run ``fn`` on the device thread (one at a time, like a device's compute), as one
-        step of the emulated slower device when ``device_slowdown`` > 1."""
-        if self._slow is None:
-            return await self.on_device_thread(fn, *args)
-        return await self.on_device_thread(self._slow.run, fn, *args)
+        step of the emulated slower device when ``device_slowdown`` > 1. With ``expect_s``
+        (what the device profile predicts for it) the time it took feeds the device's speed
+        estimate, which may re-plan."""
+        if expect_s is None or self._speed is None:
+            return (await self.on_device_thread(self._device_step, fn, *args))[0]
+        out, took = await self.on_device_thread(self._device_step, fn, *args)
+        self._speed.add(took, expect_s)
+        if self._maintenance is not None:
+            self._maintenance.maybe_replan()
+        return out
+
+    def _device_step(self, fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:
+        """Device thread: ``fn`` (dilated when emulating a slower device) and its seconds."""
+        start = time.perf_counter()
+        out = fn(*args) if self._slow is None else self._slow.run(fn, *args)
+        return out, time.perf_counter() - start
+
+    def expected_device_s(self, plan: ClientPlan) -> float | None:
+        """The device profile's prediction for ``plan``'s device work (its head and encoding,
+        or the whole model): the yardstick of the speed estimate."""
+        return device_work_s(self.device_profile, plan.cut_id, plan.codec)
 
     async def on_device_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run ``fn`` on the device thread, never slowed: loading, profiling."""
@@ -286,7 +314,9 @@ class AsyncSplitClient:
         if prof is not None:
             heads = {c.cut_id: c.head_s for c in prof.cuts}
             if cut_id in heads:
-                return 1.5 * max(heads[prof.cuts[-1].cut_id] - heads[cut_id], 0.0) + 0.002
+                speed = self._speed.factor if self._speed is not None else 1.0
+                return 1.5 * speed * max(heads[prof.cuts[-1].cut_id] - heads[cut_id], 0.0) \
+                    + 0.002
         return 0.0
 
     async def send(self, request: Any, crossing: tuple[Any, ...], cut_id: int,

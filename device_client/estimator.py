@@ -1,4 +1,5 @@
-"""Live estimate of the link from the client's own traffic, and when it moved enough to re-plan.
+"""Live estimates of the link and of the device's speed from the client's own traffic, and when
+either moved enough to re-plan.
 
 Every answer from an edge carries the edge's own time (``StageTiming``); the round trip minus
 that is time on the network, ``rtt + bytes * 8 / bandwidth``. Small messages (background
@@ -10,6 +11,12 @@ about half a window, where an EWMA would either lag or jitter.
 ``moved(since)`` is the hysteresis: it says the link changed only when the bandwidth moved by
 more than ``bandwidth_ratio`` times or the RTT by more than ``rtt_ratio`` (and ``rtt_floor_s``),
 so a plan does not flap on noise.
+
+``DeviceSpeed`` does the same for the device: every piece of device work a request does (head +
+encode + building the request, or the whole model) is timed and compared with what the device
+profile predicted for it; the median ratio of the last ``window`` says how much slower (> 1) or
+faster the device runs now than when it was profiled (a thermal limit, another app, a busy
+core), and the plan is made for ``profile.scaled(factor)``.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from collections import deque
 
 from splitinfer.link import Link
 
-__all__ = ["LinkEstimator"]
+__all__ = ["DeviceSpeed", "LinkEstimator"]
 
 #: a sample whose transfer part (time beyond the RTT) is below this fraction says nothing
 #: reliable about bandwidth; it is used as an RTT sample instead if the message was small
@@ -81,3 +88,49 @@ class LinkEstimator:
             return True
         drtt = abs(now.rtt_s - since.rtt_s)
         return drtt > self.rtt_floor_s and drtt > (self.rtt_ratio - 1) * since.rtt_s
+
+
+class DeviceSpeed:
+    """Median-of-window ratio of the device's measured work to its profile's prediction."""
+
+    #: device work predicted below this is not timed against its profile: a few hundred
+    #: microseconds are mostly call overhead and timer noise, not the device's speed
+    MIN_EXPECTED_S = 0.001
+
+    def __init__(self, *, window: int = 9, ratio: float = 1.25) -> None:
+        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+            raise ValueError(f"window is {window!r}; expected an int >= 1")
+        if not ratio > 1:
+            raise ValueError(f"ratio is {ratio!r}; expected > 1 (how much the speed must move "
+                             f"to count)")
+        self._ratios: deque[float] = deque(maxlen=window)
+        self.ratio = ratio
+        self.samples = 0
+
+    @property
+    def min_samples(self) -> int:
+        """Samples before the estimate says anything: half a window, so that a few odd ones
+        cannot re-plan."""
+        return (self._ratios.maxlen or 1) // 2 + 1
+
+    @property
+    def factor(self) -> float:
+        """How many times slower than its profile the device runs now (> 1 slower; 1.0 until
+        ``min_samples`` are in)."""
+        if len(self._ratios) < self.min_samples:
+            return 1.0
+        return statistics.median(self._ratios)
+
+    def add(self, measured_s: float, expected_s: float | None) -> None:
+        """One piece of device work: ``measured_s`` it took, ``expected_s`` the profile said
+        (None or too small to time: ignored)."""
+        if expected_s is None or not expected_s >= self.MIN_EXPECTED_S or not measured_s > 0:
+            return
+        self._ratios.append(measured_s / expected_s)
+        self.samples += 1
+
+    def moved(self, since: float) -> bool:
+        """Has the speed moved more than ``ratio`` times from ``since`` (the factor the plan in
+        force was made with)?"""
+        r = self.factor / since
+        return r > self.ratio or r < 1 / self.ratio

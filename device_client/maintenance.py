@@ -5,8 +5,10 @@ wrong token, an unknown model or no matching fingerprint raise here, not later),
 measurement on the first edge that serves us, the profiles, the first plan. Then, every
 ``probe_interval_s``, a tiny Probe keeps the RTT estimate fresh; every ``refresh_s`` the edge's
 tail times and queue delay are re-read; open circuit breakers are probed back; edges set aside
-are re-checked. Re-planning has hysteresis twice over: the link must move past the estimator's
-thresholds, and a new (cut, codec) must beat the current one by ``SWITCH_MARGIN``.
+are re-checked. Re-planning has hysteresis twice over: the link (or the device's speed,
+``DeviceSpeed``, fed by every request's device work) must move past the estimator's
+thresholds, and a new (cut, codec) must beat the current one by ``SWITCH_MARGIN``. Plans are
+made for the device profile scaled to the device's speed now.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ class Maintenance:
         self.c = client
         self.edge_profile: EdgeProfile | None = None
         self.plan_link = None
+        self.plan_speed = 1.0  # the device speed factor the plan in force was made for
         self._last_replan = 0.0
         self._probes = 0
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -173,8 +176,11 @@ class Maintenance:
                 return ClientPlan(c.cut_id, names[c.cut_id], c._codec_arg, "fixed", link=link)
             return self.local_plan("no profiles to plan from")
         codec = None if c._codec_arg == "auto" else c._codec_arg
+        self.plan_speed = c._speed.factor if c._speed is not None else 1.0
+        device = c.device_profile if self.plan_speed == 1.0 else \
+            c.device_profile.scaled(self.plan_speed)
         try:
-            return make_plan(c.device_profile, self.edge_profile, link, cut=c.cut_id,
+            return make_plan(device, self.edge_profile, link, cut=c.cut_id,
                              codec=codec, objective=c.objective, constraints=c.constraints,
                              cut_names=names)
         except PlanningError as exc:
@@ -184,14 +190,16 @@ class Maintenance:
             return self.local_plan(f"planner found nothing: {exc}")
 
     def maybe_replan(self, force: bool = False) -> None:
-        """Re-plan when the link moved past the hysteresis (or ``force``); switch cut/codec
-        only when the new choice is clearly better on the new link."""
+        """Re-plan when the link or the device's speed moved past the hysteresis (or
+        ``force``); switch cut/codec only when the new choice is clearly better now."""
         c, est = self.c, self.c._estimator
         if not c.replan_enabled or est is None or c._plan is None or self.plan_link is None:
             return
         if c.cut_id is not None and c._codec_arg != "auto":
             return  # nothing to choose
-        if not force and not est.moved(self.plan_link):
+        speed = c._speed
+        if not force and not est.moved(self.plan_link) \
+                and (speed is None or not speed.moved(self.plan_speed)):
             return
         link = est.link
         self._last_replan, self.plan_link = time.monotonic(), link
@@ -205,8 +213,9 @@ class Maintenance:
         now_value = objective_of(new.plan, cur.cut_id, cur.codec)
         new_value = objective_of(new.plan, new.cut_id, new.codec)
         if now_value is None or new_value is None or new_value < now_value * (1 - SWITCH_MARGIN):
-            log.info("link now %.1f ms, %.2f Mbit/s: switching from %s to %s", link.rtt_s * 1e3,
-                     link.bandwidth_bps / 1e6, cur.describe(), new.describe())
+            log.info("link now %.1f ms, %.2f Mbit/s, device %.2fx its profile: switching from "
+                     "%s to %s", link.rtt_s * 1e3, link.bandwidth_bps / 1e6, self.plan_speed,
+                     cur.describe(), new.describe())
             c._plan = new
             c._stats.add(plan_switches=1)
 

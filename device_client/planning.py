@@ -19,7 +19,7 @@ from splitinfer.planner import Constraints, Plan, choose
 from splitinfer.profiles import DeviceProfile, EdgeProfile
 
 __all__ = ["ClientPlan", "make_plan", "load_device_profile", "profile_cut_ids",
-           "DEFAULT_CLIENT_CODECS"]
+           "device_work_s", "DEFAULT_CLIENT_CODECS"]
 
 #: codecs a client profiles and plans over unless told otherwise
 DEFAULT_CLIENT_CODECS = ("fp32", "fp16", "int8+zstd")
@@ -106,3 +106,17 @@ def objective_of(plan: Plan, cut_id: int, codec: str | None) -> float | None:
     """The objective value ``plan`` gives (cut_id, codec), or None if it is not a candidate."""
     return next((a.objective_value for a in plan.alternatives
                  if a.cut_id == cut_id and a.codec == codec), None)
+
+
+def device_work_s(profile: DeviceProfile | None, cut_id: int, codec: str | None
+                  ) -> float | None:
+    """What ``profile`` predicts for one request's device work before it is sent: the head to
+    ``cut_id`` plus encoding (and building the request) with ``codec``; with ``codec`` None,
+    the whole model (device-only). None when the profile does not cover it."""
+    if profile is None:
+        return None
+    if codec is None:
+        return profile.cuts[-1].head_s
+    cut = next((c for c in profile.cuts if c.cut_id == cut_id), None)
+    cost = None if cut is None else next((k for k in cut.codecs if k.codec == codec), None)
+    return None if cost is None else cut.head_s + cost.encode_s

@@ -70,6 +70,8 @@ class ClientStats:
     codec: str | None
     edges: tuple[EdgeStats, ...]
     shadow: ShadowStats = field(default_factory=ShadowStats)
+    # the device's speed against its profile now: > 1 slower (DeviceSpeed; 1.0 untracked)
+    device_speed: float = 1.0
 
 
 class StatsRecorder:
@@ -135,7 +137,7 @@ class StatsRecorder:
                 s["top1_agree"] += int(np.sum(first_r.argmax(1) == first_l.argmax(1)))
 
     def snapshot(self, *, link: Link | None, cut_id: int | None, codec: str | None,
-                 edges: tuple[EdgeStats, ...]) -> ClientStats:
+                 edges: tuple[EdgeStats, ...], device_speed: float = 1.0) -> ClientStats:
         with self._lock:
             lat = np.array(self._latencies) if self._latencies else None
             s = self._shadow
@@ -154,7 +156,8 @@ class StatsRecorder:
                 latency_mean_s=float(lat.mean()) if lat is not None else None,
                 bytes_sent=self.bytes_sent, bytes_received=self.bytes_received,
                 replans=self.replans, plan_switches=self.plan_switches, link=link,
-                cut_id=cut_id, codec=codec, edges=edges, shadow=shadow)
+                cut_id=cut_id, codec=codec, edges=edges, shadow=shadow,
+                device_speed=device_speed)
 
 
 def _pct(values: Any, q: float) -> float | None:

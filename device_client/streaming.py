@@ -167,9 +167,11 @@ class _StreamRun:
         plan = c.plan
         frame.cut_id, frame.codec = plan.cut_id, plan.codec
         if plan.codec is None:
-            self.resolve(frame, await c.on_device(c.run_full, plan.cut_id, x), "device")
+            self.resolve(frame, await c.on_device(c.run_full, plan.cut_id, x,
+                                                  expect_s=c.expected_device_s(plan)), "device")
             return
-        frame.crossing, frame.request = await c.on_device(c.head_request, plan, x, frame.rid)
+        frame.crossing, frame.request = await c.on_device(c.head_request, plan, x, frame.rid,
+                                                          expect_s=c.expected_device_s(plan))
         await self.dispatch(frame, "NO_EDGE", "no usable edge")
 
     async def dispatch(self, frame: _Frame, code: str, why: str) -> None:

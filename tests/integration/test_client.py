@@ -112,6 +112,7 @@ def test_bad_inputs_are_refused_with_a_clear_error_and_counted(nodes, bundles, t
     ({"device_slowdown": 0.5}, "device_slowdown is 0.5"),
     ({"device_slowdown": "2"}, "device_slowdown is '2'"),
     ({"device_slowdown": float("inf")}, "device_slowdown is inf"),
+    ({"track_device_speed": "yes"}, "track_device_speed is 'yes'"),
 ])
 def test_bad_arguments_name_the_problem(bundles, kwargs, match):
     kwargs = {"edges": ["127.0.0.1:1"], **kwargs}
