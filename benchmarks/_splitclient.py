@@ -10,11 +10,12 @@ the answer does not.
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import grpc
 import torch
@@ -38,10 +39,20 @@ class Timing:
     codec: str | None
     samples: tuple[float, ...]
     request_bytes: int
+    device_samples: tuple[float, ...] = ()  # the device's own part of each sample (its steps)
+    edge_samples: tuple[float, ...] = ()    # the edge's tail compute in each (its StageTiming)
 
     @property
     def median_s(self) -> float:
         return statistics.median(self.samples)
+
+    @property
+    def device_median_s(self) -> float:
+        return statistics.median(self.device_samples)
+
+    @property
+    def edge_median_s(self) -> float | None:
+        return statistics.median(self.edge_samples) if self.edge_samples else None
 
 
 class SplitClient:
@@ -52,6 +63,8 @@ class SplitClient:
         self.sm, self.version, self.inputs = sm, version, tuple(inputs)
         self.device = device or SlowDevice(1)
         self.last_cut = len(sm.cuts) - 1
+        self.device_s = 0.0  # wall seconds of the device's own steps in the last run
+        self.edge_s: float | None = None  # the edge's tail compute in it (None: not sent)
         self._channel = grpc.insecure_channel(address, options=[
             ("grpc.max_send_message_length", _MAX_MESSAGE),
             ("grpc.max_receive_message_length", _MAX_MESSAGE)])
@@ -88,20 +101,30 @@ class SplitClient:
 
     def once(self, cut_id: int, codec: str | None) -> int:
         """One run: the bytes of the request sent (0 when ``codec`` is None or ``cut_id`` is
-        the last cut: the whole model runs here, no network)."""
+        the last cut: the whole model runs here, no network). ``device_s`` is then the wall
+        time of its device steps (head + encode + request; answer's parse + decode) and
+        ``edge_s`` the tail compute time the edge reported."""
+        self.device_s, self.edge_s = 0.0, None
         if codec is None or cut_id == self.last_cut:
             return self._run_local()
         return self._run_split(cut_id, codec)
 
+    @contextlib.contextmanager
+    def _step(self) -> Iterator[None]:
+        start = time.perf_counter()
+        with self.device.step():
+            yield
+        self.device_s += time.perf_counter() - start
+
     def _run_local(self) -> int:
-        with self.device.step(), torch.no_grad():
+        with self._step(), torch.no_grad():
             self.sm.tail(self.last_cut)(*self.sm.head(self.last_cut)(*self.inputs))
         return 0
 
     def _run_split(self, cut_id: int, codec_name: str) -> int:
         codec = get_codec(codec_name)
         cut = self.sm.cut(cut_id)
-        with self.device.step():
+        with self._step():
             with torch.no_grad():
                 crossing = self.sm.head(cut_id)(*self.inputs)
             encoded = [codec.encode(t, name=spec.name) for t, spec in zip(crossing, cut.tensors)]
@@ -109,8 +132,10 @@ class SplitClient:
                 model=self.sm.name, version=self.version, fingerprint=self.sm.fingerprint,
                 cut_id=cut_id, tensors=encoded, request_id=uuid.uuid4().hex)
         reply = self._stub.Infer(req, timeout=_TIMEOUT_S)
-        with self.device.step():
+        with self._step():
             result = convert.parse_infer_response(reply)
+            if result.timing is not None:
+                self.edge_s = result.timing.compute_s
             if result.error is None:
                 for out in result.outputs:
                     decode_torch(out)

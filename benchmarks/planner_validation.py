@@ -25,16 +25,24 @@ One run, side by side, on this machine:
   computation took 80-180 ms depending on where it fell in the period).
 - Links: bandwidth 1, 10, 100, 1000 Mbit/s x RTT 5, 30, 100 ms through a link emulator (TCP
   proxy; rate both ways, RTT/2 delay each way); --quick: (10 Mbit/s, 30 ms), (1000, 5).
-  Per link the link is measured with Probe (several sizes, ``fit_link``), the device re-times
-  its whole model (7 runs) and scales its profile to its speed now (``DeviceProfile.scaled``;
-  the factor is in each row), and the planner runs on the measured link ("the planner's
-  choice", what a device would do) and on the nominal one.
-- Measured per link: an even sample of cuts (--quick: 3) plus the chosen cut, device-only and
-  edge-only, each with the codec the planner ranks best for that cut; one measurement is head
-  -> encode -> Infer through the proxy -> decode. One warm-up each, then rounds in which every
-  configuration runs once, the order rotated each round; the median of N (N drops for slow
-  transfers so the full grid stays well under 30 minutes; the estimate is printed first).
-  Interleaved, a slow spell of this shared machine falls on every configuration alike.
+  Per link the link is measured with Probe (several sizes, ``fit_link``); the planner runs
+  on the measured link ("the planner's choice", what a device would do) and on the nominal one.
+- Measured per link: edge-only, device-only and an even sample of cuts (--quick: 3), each with
+  the codec the planner ranks best for it, plus the planner's choice for every device speed
+  from 0.5x to 3x its profile (``SPEED_GRID``); one measurement is head -> encode -> Infer
+  through the proxy -> decode. One warm-up each, then rounds in which every configuration runs
+  once, the order rotated each round; the median of N (N drops for slow transfers so the full
+  grid stays well under 30 minutes; the estimate is printed first). Interleaved, a slow spell
+  of this shared machine falls on every configuration alike.
+- The device's speed: this machine's speed swings 1.5x in spells of seconds to minutes, and
+  the emulated device with it, so a profile taken minutes before is off by up to that much.
+  The planner plans for the device's speed in the window the link was measured in: the time
+  of the device's own steps in it (its compute only) over what its profile predicts for them
+  (``device_speed_factor`` in each row; ``DeviceProfile.scaled``), and for the edge's tails as
+  its answers timed them in the window (``edge_speed_factor``: they were profiled once, when
+  the edge loaded the model). Its choice for that speed
+  is among the configurations measured (or, between two grid steps, measured afterwards beside
+  the best one and both baselines).
 
 Targets: chosen/oracle latency <= 1.05 median and <= 1.15 worst over links (oracle: the
 fastest configuration measured); |predicted - measured| / measured <= 15 % (median) for the
@@ -71,8 +79,9 @@ from splitinfer.cpuquota import DeviceQuota  # noqa: E402
 from splitinfer.link import Link  # noqa: E402
 from splitinfer.netem import LinkEmulator, LinkShape  # noqa: E402
 from splitinfer.partition import partition  # noqa: E402
-from splitinfer.planner import Plan, choose  # noqa: E402
+from splitinfer.planner import Candidate, Plan, choose  # noqa: E402
 from splitinfer.profiler import edge_profile_from_info, profile_device  # noqa: E402
+from splitinfer.profiles import DeviceProfile, EdgeProfile  # noqa: E402
 from splitinfer.slowdown import SlowDevice  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -89,7 +98,8 @@ EDGE_FLAGS = ("--torch-threads", "1", "--workers", "1", "--max-batch-size", "1",
 DEFAULT_SLOWDOWN = 15.0  # the emulated device's core against this machine's
 TARGET_RATIO_MEDIAN, TARGET_RATIO_WORST, TARGET_PRED_ERR = 1.05, 1.15, 0.15
 TARGET_SPLIT_WINS, TARGET_WORST_GAIN = 1, 0.95
-RECALIBRATE_RUNS = 7  # whole-model runs that re-time the device before each link
+# device speeds (x its profile) the choice is planned for before measuring, 0.5x to ~3x
+SPEED_GRID = tuple(0.5 * 1.04 ** i for i in range(46))
 CUT_BUDGET_S = 15.0  # seconds one configuration may take (warm-up + repeats) before N drops
 
 
@@ -117,13 +127,21 @@ def sample_cuts(last: int, k: int) -> list[int]:
     return sorted({int(round(c)) for c in np.linspace(1, last - 1, min(k, last - 1))})
 
 
+Config = tuple[int, str | None]  # (cut, codec); codec None: device-only
+
+
 def best_codec(plan: Plan, cut_id: int) -> str | None:
     """The codec the planner ranks best for ``cut_id`` (None: device-only, nothing sent)."""
     return next(c.codec for c in plan.alternatives if c.cut_id == cut_id)
 
 
-def predicted_s(plan: Plan, cut_id: int) -> float:
-    return next(c.breakdown.total_s for c in plan.alternatives if c.cut_id == cut_id)
+def candidate(plan: Plan, config: Config) -> Candidate:
+    cut_id, codec = config
+    return next(c for c in plan.alternatives if c.cut_id == cut_id and c.codec == codec)
+
+
+def predicted_s(plan: Plan, config: Config) -> float:
+    return candidate(plan, config).breakdown.total_s
 
 
 def repeats_for(pred_s: float, base: int) -> int:
@@ -139,16 +157,30 @@ def probe_sizes(bandwidth_bps: float) -> list[int]:
     return sizes_for(bandwidth_bps, seconds=0.25)
 
 
-def plan_cuts(plan: Plan, last: int, k: int) -> list[int]:
-    return sorted({0, last, plan.cut_id, *sample_cuts(last, k)})
+def configs_for(device: DeviceProfile, edge: EdgeProfile, link: Link, k: int
+                ) -> tuple[Plan, list[Config]]:
+    """The plan on the profile as measured, and what to measure on ``link``: edge-only,
+    device-only and ``k`` evenly spaced cuts, each with the codec that plan ranks best for it,
+    plus the planner's choice for every device speed in ``SPEED_GRID`` (so the choice for the
+    speed the device turns out to have while measuring is among the configurations measured,
+    side by side with the rest)."""
+    plan = choose(device, edge, link, objective="latency")
+    last = device.cuts[-1].cut_id
+    cuts = sorted({0, last, *sample_cuts(last, k)})
+    configs = {(c, None if c == last else best_codec(plan, c)) for c in cuts}
+    for f in SPEED_GRID:
+        p = choose(device.scaled(f), edge, link, objective="latency")
+        configs.add((p.cut_id, p.codec))
+    return plan, sorted(configs, key=lambda c: (c[0], str(c[1])))
 
 
-def estimate_s(plans: list[Plan], last: int, args: argparse.Namespace) -> float:
+def estimate_s(device: DeviceProfile, edge: EdgeProfile, args: argparse.Namespace) -> float:
     """Seconds the measurements will take, from the planner's own predictions."""
     total = 0.0
-    for plan in plans:
-        for cut in plan_cuts(plan, last, args.cuts):
-            pred = predicted_s(plan, cut)
+    for bw, rtt in links(args):
+        plan, configs = configs_for(device, edge, Link(rtt / 1e3, bw * 1e6), args.cuts)
+        for config in configs:
+            pred = predicted_s(plan, config)
             total += pred * (1 + repeats_for(pred, args.repeats))
         total += 2.0  # probing
     return total
@@ -156,66 +188,108 @@ def estimate_s(plans: list[Plan], last: int, args: argparse.Namespace) -> float:
 
 # ---- one link -----------------------------------------------------------------------------------
 
-def measure_interleaved(client: SplitClient, plan: Plan, cuts: list[int], base: int
-                        ) -> dict[int, Timing]:
-    """Every cut with the planner's best codec for it: one warm-up each, then rounds in which
-    each configuration runs once (a slow one drops out after its ``repeats_for``), the order
-    rotated every round. Interleaved, a slow minute of this shared machine lands on every
-    configuration alike instead of on whichever one was running."""
-    codecs = {cut: None if cut == client.last_cut else best_codec(plan, cut) for cut in cuts}
-    wanted = {cut: repeats_for(predicted_s(plan, cut), base) for cut in cuts}
-    nbytes = {cut: client.once(cut, codecs[cut]) for cut in cuts}
-    samples: dict[int, list[float]] = {cut: [] for cut in cuts}
+def measure_interleaved(client: SplitClient, configs: list[Config], wanted: dict[Config, int]
+                        ) -> dict[Config, Timing]:
+    """Every configuration: one warm-up each, then rounds in which each runs once (a slow one
+    drops out after its ``wanted`` repeats), the order rotated every round. Interleaved, a slow
+    minute of this shared machine lands on every configuration alike instead of on whichever
+    one was running."""
+    nbytes = {c: client.once(*c) for c in configs}
+    samples: dict[Config, list[float]] = {c: [] for c in configs}
+    device: dict[Config, list[float]] = {c: [] for c in configs}
+    edge: dict[Config, list[float]] = {c: [] for c in configs}
     for r in range(max(wanted.values())):
-        for cut in cuts[r % len(cuts):] + cuts[:r % len(cuts)]:
-            if len(samples[cut]) < wanted[cut]:
-                samples[cut].append(client.timed(cut, codecs[cut]))
-    return {cut: Timing(cut, codecs[cut], tuple(samples[cut]), nbytes[cut]) for cut in cuts}
+        for c in configs[r % len(configs):] + configs[:r % len(configs)]:
+            if len(samples[c]) < wanted[c]:
+                samples[c].append(client.timed(*c))
+                device[c].append(client.device_s)
+                if client.edge_s is not None:
+                    edge[c].append(client.edge_s)
+    return {c: Timing(c[0], c[1], tuple(samples[c]), nbytes[c], tuple(device[c]),
+                      tuple(edge[c])) for c in configs}
 
 
-def run_link(client: SplitClient, proxy: LinkEmulator, device: Any, edge: Any,
-             bw_mbps: float, rtt_ms: float, args: argparse.Namespace) -> dict[str, Any]:
+def window_speed(timings: dict[Config, Timing], plan: Plan) -> float:
+    """How much slower (> 1) the device ran while measuring than its profile says: the median
+    time of its own steps (heads, encoding, decoding answers; whole models) summed over the
+    configurations, over what the profile predicts for them. Medians, as the latencies compared
+    are; only the device's compute, never a network or edge time."""
+    spent = sum(t.device_median_s for t in timings.values())
+    expected = sum(candidate(plan, c).breakdown.device_s for c in timings)
+    return spent / expected
+
+
+def edge_window_speed(timings: dict[Config, Timing], edge: EdgeProfile) -> float:
+    """The same for the edge: its tails' compute time as its answers report it (median per
+    configuration, summed) over its profile's tail times for those cuts (measured once, when it
+    loaded the model, perhaps in a slow spell). 1.0 when nothing was sent."""
+    sent = [(t.edge_median_s, edge.tail_s[c[0]]) for c, t in timings.items()
+            if t.edge_median_s is not None and c[0] in edge.tail_s]
+    expected = sum(e for _, e in sent)
+    return sum(m for m, _ in sent) / expected if expected > 0 else 1.0
+
+
+def run_link(client: SplitClient, proxy: LinkEmulator, device: DeviceProfile,
+             edge: EdgeProfile, bw_mbps: float, rtt_ms: float, args: argparse.Namespace
+             ) -> dict[str, Any]:
     nominal = Link(rtt_s=rtt_ms / 1e3, bandwidth_bps=bw_mbps * 1e6)
     proxy.set_shape(LinkShape(rate_bps=nominal.bandwidth_bps, delay_s=nominal.rtt_s / 2))
     measured, samples = client.probe_link(probe_sizes(nominal.bandwidth_bps), args.probe_rounds)
     last = client.last_cut
-    # the device re-times its whole model and scales its profile to its speed now: this shared
-    # machine has slow spells that last minutes (device-only once ran 30-50 % above its profile
-    # for the second half of a grid), as a phone has thermal limits; the planner should plan
-    # for the device it has, and the oracle is measured on the same device
-    client.once(last, None)
-    now = statistics.median(client.timed(last, None) for _ in range(RECALIBRATE_RUNS))
-    speed = now / device.cuts[-1].head_s
-    device = device.scaled(speed)
-    print(f"  device now {now * 1e3:.1f} ms for the whole model: {speed:.2f}x its profile",
-          flush=True)
-    plan = choose(device, edge, measured, objective="latency")
-    plan_nominal = choose(device, edge, nominal, objective="latency")
-    timings = measure_interleaved(client, plan, plan_cuts(plan, last, args.cuts), args.repeats)
-    for cut, t in timings.items():
-        print(f"  cut {cut:3d} {str(t.codec):10s} predicted {predicted_s(plan, cut) * 1e3:9.1f} "
-              f"ms  measured {t.median_s * 1e3:9.1f} ms", flush=True)
+    plan0, configs = configs_for(device, edge, measured, args.cuts)
+    wanted = {c: repeats_for(predicted_s(plan0, c), args.repeats) for c in configs}
+    timings = measure_interleaved(client, configs, wanted)
+    # this shared machine's speed swings 1.5x in spells of seconds to minutes (the same
+    # whole-model run: 7.5 ms, then 11.5 ms for a minute), which moves the emulated device with
+    # it; the planner plans for the device's speed in the minutes the oracle was measured in,
+    # taken from the device's own steps in them, as a device would time its own work
+    speed, edge_speed = window_speed(timings, plan0), edge_window_speed(timings, edge)
+    scaled = device.scaled(min(max(speed, SPEED_GRID[0]), SPEED_GRID[-1]))
+    edge_now = edge.scaled(edge_speed)
+    plan = choose(scaled, edge_now, measured, objective="latency")
+    plan_nominal = choose(scaled, edge_now, nominal, objective="latency")
+    chosen_config = (plan.cut_id, plan.codec)
+    if chosen_config not in timings:  # between two grid speeds: measure it beside the best
+        best = min(timings, key=lambda c: timings[c].median_s)
+        again = [chosen_config, best, *(c for c in timings if c[0] in (0, last))]
+        timings.update(measure_interleaved(client, again, {
+            c: repeats_for(predicted_s(plan, c), args.repeats) for c in again}))
+    print(f"  device ran {speed:.2f}x its profile while measuring, the edge's tails "
+          f"{edge_speed:.2f}x", flush=True)
+    for c, t in timings.items():
+        print(f"  cut {c[0]:3d} {str(c[1]):10s} predicted {predicted_s(plan, c) * 1e3:9.1f} ms  "
+              f"measured {t.median_s * 1e3:9.1f} ms (device "
+              f"{candidate(plan, c).breakdown.device_s * 1e3:6.1f} / "
+              f"{t.device_median_s * 1e3:6.1f} ms)", flush=True)
     oracle = min(timings.values(), key=lambda t: t.median_s)
-    chosen = timings[plan.cut_id]
+    chosen = timings[chosen_config]
+    edge_only = min((t for c, t in timings.items() if c[0] == 0), key=lambda t: t.median_s)
+    nominal_config = (plan_nominal.cut_id, plan_nominal.codec)
     return {
         "bandwidth_mbps": bw_mbps, "rtt_ms": rtt_ms,
         "chosen_cut": plan.cut_id, "chosen_cut_name": plan.cut_name, "chosen_codec": plan.codec,
         "chosen_ms": chosen.median_s * 1e3, "predicted_ms": plan.predicted_s * 1e3,
         "oracle_cut": oracle.cut_id, "oracle_codec": oracle.codec,
         "oracle_ms": oracle.median_s * 1e3,
-        "device_only_ms": timings[last].median_s * 1e3, "edge_only_ms": timings[0].median_s * 1e3,
-        "device_speed_factor": speed,
+        "device_only_ms": timings[(last, None)].median_s * 1e3,
+        "edge_only_ms": edge_only.median_s * 1e3, "edge_only_codec": edge_only.codec,
+        "device_speed_factor": speed, "edge_speed_factor": edge_speed,
+        "plan_at_profile_speed": {"cut": plan0.cut_id, "codec": plan0.codec,
+                                  "measured_ms": (timings[(plan0.cut_id, plan0.codec)].median_s
+                                                  * 1e3)},
         "nominal_plan": {"cut": plan_nominal.cut_id, "codec": plan_nominal.codec,
                          "predicted_ms": plan_nominal.predicted_s * 1e3,
-                         "measured_ms": (timings[plan_nominal.cut_id].median_s * 1e3
-                                         if plan_nominal.cut_id in timings else None)},
+                         "measured_ms": (timings[nominal_config].median_s * 1e3
+                                         if nominal_config in timings else None)},
         "link_fit": {"rtt_ms": measured.rtt_s * 1e3,
                      "bandwidth_mbps": measured.bandwidth_bps / 1e6,
                      "probe_samples": [[b, s] for b, s in samples]},
         "cuts": [{"cut_id": t.cut_id, "codec": t.codec, "request_bytes": t.request_bytes,
-                  "predicted_ms": predicted_s(plan, t.cut_id) * 1e3,
-                  "measured_ms": t.median_s * 1e3, "samples_ms": [s * 1e3 for s in t.samples]}
-                 for t in timings.values()],
+                  "predicted_ms": predicted_s(plan, c) * 1e3,
+                  "measured_ms": t.median_s * 1e3, "samples_ms": [s * 1e3 for s in t.samples],
+                  "device_predicted_ms": candidate(plan, c).breakdown.device_s * 1e3,
+                  "device_measured_ms": t.device_median_s * 1e3}
+                 for c, t in timings.items()],
     }
 
 
@@ -231,9 +305,14 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
                      "split": 0 < r["chosen_cut"] < max(c["cut_id"] for c in r["cuts"]),
                      "beats_baselines": r["chosen_ms"] < baseline,
                      "gain_vs_best_baseline": baseline / r["chosen_ms"]})
+    # for reference, not a target: the plans from the profile as measured at the start, before
+    # the device's speed in each link's window was known
+    at_profile = [r["plan_at_profile_speed"]["measured_ms"] / r["oracle_ms"] for r in rows]
     return {"ratio_median": statistics.median(ratios), "ratio_worst": max(ratios),
             "pred_err_median": statistics.median(errors), "pred_err_worst": max(errors),
-            "split_vs_baselines": wins}
+            "split_vs_baselines": wins,
+            "profile_speed_ratio_median": statistics.median(at_profile),
+            "profile_speed_ratio_worst": max(at_profile)}
 
 
 def check_targets(s: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -321,9 +400,8 @@ def run(args: argparse.Namespace, repo: Path) -> dict[str, Any]:
               f"tail at cut 0 {edge.tail_s[0] * 1e3:.1f} ms: device/edge = {ratio:.2f}"
               + ("" if ratio > 1 else " — the device is NOT slower than the edge here "
                  "(busy cores?), so splitting cannot pay off"), flush=True)
-        nominal = [choose(device, edge, Link(r / 1e3, b * 1e6)) for b, r in links(args)]
-        est = estimate_s(nominal, len(sm.cuts) - 1, args)
-        print(f"estimated measuring time for {len(nominal)} link(s): {est / 60:.1f} min",
+        est = estimate_s(device, edge, args)
+        print(f"estimated measuring time for {len(links(args))} link(s): {est / 60:.1f} min",
               flush=True)
         if args.estimate_only:
             return {"estimate_s": est, "device_edge_ratio": ratio, "rows": []}
@@ -336,7 +414,10 @@ def run(args: argparse.Namespace, repo: Path) -> dict[str, Any]:
             "device_slowdown": args.device_slowdown,
             "estimate_s": est, "device_edge_ratio": ratio, "rows": rows,
             "device_full_ms": device.cuts[-1].head_s * 1e3, "edge_full_ms": edge.tail_s[0] * 1e3,
-            "cuts": len(sm.cuts)}
+            "cuts": len(sm.cuts),
+            # the profiles the plans came from (DeviceProfile / EdgeProfile .from_json): the
+            # plans of every row can be recomputed from them and its device_speed_factor
+            "device_profile": device.to_json(), "edge_profile": edge.to_json()}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -383,6 +464,9 @@ def report(args: argparse.Namespace, res: dict[str, Any], wall_s: float) -> bool
     for name, t in targets.items():
         print(f"{'PASS' if t['pass'] else 'FAIL'}: {name} {t['value']:.3f} "
               f"(target {t['target']})")
+    print(f"(the plans at the profile's own speed, not knowing the device's speed while "
+          f"measuring: chosen/oracle median {summary['profile_speed_ratio_median']:.3f}, worst "
+          f"{summary['profile_speed_ratio_worst']:.3f})")
     for w in summary["split_vs_baselines"]:
         what = "a split" if w["split"] else "a baseline itself (no split)"
         verdict = "beats" if w["beats_baselines"] else "does not beat"

@@ -179,7 +179,9 @@ def section_planner(d: dict[str, Any]) -> list[str]:
                      f"{r['chosen_cut']} {r['chosen_cut_name']} ({kind}, {r['chosen_codec']})",
                      r["chosen_ms"], r["predicted_ms"], f"{r['oracle_cut']}: {r['oracle_ms']:.1f}",
                      r["chosen_ms"] / r["oracle_ms"], r["device_only_ms"], r["edge_only_ms"],
-                     w["gain_vs_best_baseline"]])
+                     w["gain_vs_best_baseline"],
+                     f"{r.get('device_speed_factor', 1.0):.2f} / "
+                     f"{r.get('edge_speed_factor', 1.0):.2f}"])
     wins = [w for w in d["summary"]["split_vs_baselines"] if w["split"] and w["beats_baselines"]]
     worst = min(w["gain_vs_best_baseline"] for w in d["summary"]["split_vs_baselines"])
     if d.get("device_cpu_quota"):
@@ -192,10 +194,15 @@ def section_planner(d: dict[str, Any]) -> list[str]:
              "edge = a real edge process "
              f"(`{' '.join(m['edge_flags'])}`): device/edge compute ratio **{d['device_edge_ratio']:.2f}** "
              f"(whole model {d['device_full_ms']:.1f} ms vs {d['edge_full_ms']:.1f} ms). Each link "
-             "emulated by the project's link emulator; every sampled cut measured end to end.", ""]
+             "emulated by the project's link emulator; every sampled cut measured end to end. "
+             "This machine's speed swings (~1.5x, spells of seconds to minutes) and the emulated "
+             "device with it, so each link is planned for the device's speed while that link was "
+             "measured (its own compute steps against its profile) and the edge's tail times as "
+             "its answers reported them (both factors in the last column; `docs/planner.md`, "
+             "Validation).", ""]
     lines += _table(["link", "chosen cut", "chosen ms", "predicted ms", "oracle cut: ms",
                      "chosen/oracle", "device-only ms", "edge-only ms",
-                     "best baseline / chosen"], rows)
+                     "best baseline / chosen", "device / edge speed x profile"], rows)
     if wins:
         best = max(wins, key=lambda w: w["gain_vs_best_baseline"])
         lines.append(f"The split beats the better of device-only and edge-only on "
@@ -205,6 +212,10 @@ def section_planner(d: dict[str, Any]) -> list[str]:
         lines.append("No link of this grid made a split the fastest choice.")
     lines += [f"Worst case against the better baseline: {worst:.3f}x (a value below 1 is a loss).",
               ""]
+    if "profile_speed_ratio_worst" in d["summary"]:
+        lines += [f"For reference, the plans from the profile alone (its speed at the start): "
+                  f"chosen/oracle median {d['summary']['profile_speed_ratio_median']:.3f}, worst "
+                  f"{d['summary']['profile_speed_ratio_worst']:.3f}.", ""]
     return lines + _plot("planner validation", "planner_validation")
 
 

@@ -1,0 +1,78 @@
+"""benchmarks.planner_validation's pure parts: what it measures per link, the device's speed in
+a link's window, and how rows become targets."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks import planner_validation as pv
+from benchmarks._splitclient import Timing
+from splitinfer.link import Link
+from splitinfer.planner import choose
+from splitinfer.profiles import CodecCost, CutCost, DeviceProfile, EdgeProfile
+
+
+def _codecs(nbytes: int) -> tuple[CodecCost, ...]:
+    return (CodecCost("fp32", nbytes, 0.0005, 0.0005, 0.0),
+            CodecCost("int8+zstd", nbytes // 4, 0.004, 0.002, 1e-2))
+
+
+DEVICE = DeviceProfile("toy", "fp-1", 1, (
+    CutCost(0, "input", 0.0, 0.0, 0, 0, _codecs(600_000)),
+    CutCost(1, "conv1", 0.020, 1e8, 10_000_000, 3, _codecs(800_000)),
+    CutCost(2, "block2", 0.060, 5e8, 30_000_000, 12, _codecs(200_000)),
+    CutCost(3, "pool", 0.150, 1e9, 50_000_000, 30, _codecs(8_000)),
+    CutCost(4, "output", 0.400, 1.1e9, 60_000_000, 32, ())), response_bytes=40)
+EDGE = EdgeProfile("toy", "fp-1", {0: 0.010, 1: 0.008, 2: 0.005, 3: 0.001})
+LINK = Link(rtt_s=0.030, bandwidth_bps=10e6)
+
+
+def test_configs_hold_both_baselines_and_the_choice_at_every_grid_speed():
+    plan, configs = pv.configs_for(DEVICE, EDGE, LINK, k=2)
+    assert plan == choose(DEVICE, EDGE, LINK)
+    assert (4, None) in configs and any(c[0] == 0 for c in configs)
+    for f in pv.SPEED_GRID:
+        p = choose(DEVICE.scaled(f), EDGE, LINK)
+        assert (p.cut_id, p.codec) in configs, f
+    assert len(set(configs)) == len(configs)
+    # the grid spans a slow spell either way and changes the choice on this link
+    assert pv.SPEED_GRID[0] <= 0.5 and pv.SPEED_GRID[-1] >= 2.5
+    assert len({choose(DEVICE.scaled(f), EDGE, LINK).cut_id for f in pv.SPEED_GRID}) > 1
+
+
+def _timing(config, total_s, device_s):
+    return Timing(config[0], config[1], (total_s,) * 3, 1000, (device_s,) * 3)
+
+
+def test_window_speed_is_the_devices_own_steps_against_its_profile():
+    plan, configs = pv.configs_for(DEVICE, EDGE, LINK, k=2)
+    expected = {c: pv.candidate(plan, c).breakdown.device_s for c in configs}
+    # the device ran 1.3x slower than profiled; network and edge time are not its speed
+    timings = {c: _timing(c, 5.0 + 9 * e, 1.3 * e) for c, e in expected.items()}
+    assert pv.window_speed(timings, plan) == pytest.approx(1.3, rel=1e-12)
+    # medians: one sample caught in a spell does not move it
+    c = (4, None)
+    timings[c] = Timing(4, None, (0.4, 0.4, 9.0), 0, (0.52, 0.52, 9.0))
+    assert pv.window_speed(timings, plan) == pytest.approx(1.3, rel=1e-12)
+
+
+def _row(chosen_ms, oracle_ms, device_ms, edge_ms, cut=2, at_profile_ms=None):
+    return {"bandwidth_mbps": 10, "rtt_ms": 30, "chosen_cut": cut, "chosen_ms": chosen_ms,
+            "oracle_ms": oracle_ms, "predicted_ms": chosen_ms * 1.1,
+            "device_only_ms": device_ms, "edge_only_ms": edge_ms,
+            "plan_at_profile_speed": {"measured_ms": at_profile_ms or chosen_ms},
+            "cuts": [{"cut_id": 0}, {"cut_id": cut}, {"cut_id": 4}]}
+
+
+def test_targets_pass_and_fail_on_the_numbers():
+    good = [_row(70, 70, 120, 140), _row(100, 98, 110, 160), _row(120, 120, 120, 300, cut=4)]
+    targets = pv.check_targets(pv.summarize(good))
+    assert all(t["pass"] for t in targets.values()), targets
+    bad = good + [_row(170, 128, 128, 230, at_profile_ms=170)]
+    s = pv.summarize(bad)
+    targets = pv.check_targets(s)
+    assert not targets["chosen/oracle worst"]["pass"]
+    assert targets["chosen/oracle worst"]["value"] == pytest.approx(170 / 128)
+    assert not targets["chosen vs better baseline, worst (baseline/chosen)"]["pass"]
+    assert targets["links where a split beats both baselines"]["value"] == 2
+    assert s["profile_speed_ratio_worst"] == pytest.approx(170 / 128)
