@@ -229,6 +229,13 @@ def edge_window_speed(timings: dict[Config, Timing], edge: EdgeProfile) -> float
     return sum(m for m, _ in sent) / expected if expected > 0 else 1.0
 
 
+def remeasure(chosen: Config, timings: dict[Config, Timing], last: int) -> list[Config]:
+    """A choice not measured yet, and what to measure again beside it: the fastest so far and
+    both baselines (every edge-only codec measured), each once."""
+    best = min(timings, key=lambda c: timings[c].median_s)
+    return list(dict.fromkeys([chosen, best, *(c for c in timings if c[0] in (0, last))]))
+
+
 def run_link(client: SplitClient, proxy: LinkEmulator, device: DeviceProfile,
              edge: EdgeProfile, bw_mbps: float, rtt_ms: float, args: argparse.Namespace
              ) -> dict[str, Any]:
@@ -250,8 +257,7 @@ def run_link(client: SplitClient, proxy: LinkEmulator, device: DeviceProfile,
     plan_nominal = choose(scaled, edge_now, nominal, objective="latency")
     chosen_config = (plan.cut_id, plan.codec)
     if chosen_config not in timings:  # between two grid speeds: measure it beside the best
-        best = min(timings, key=lambda c: timings[c].median_s)
-        again = [chosen_config, best, *(c for c in timings if c[0] in (0, last))]
+        again = remeasure(chosen_config, timings, last)
         timings.update(measure_interleaved(client, again, {
             c: repeats_for(predicted_s(plan, c), args.repeats) for c in again}))
     print(f"  device ran {speed:.2f}x its profile while measuring, the edge's tails "

@@ -76,3 +76,54 @@ def test_targets_pass_and_fail_on_the_numbers():
     assert not targets["chosen vs better baseline, worst (baseline/chosen)"]["pass"]
     assert targets["links where a split beats both baselines"]["value"] == 2
     assert s["profile_speed_ratio_worst"] == pytest.approx(170 / 128)
+
+
+class _FakeClient:
+    """Counts runs; a configuration's time and device/edge parts come from its cut."""
+
+    def __init__(self):
+        self.calls, self.device_s, self.edge_s = [], 0.0, None
+
+    def once(self, cut, codec):
+        self.calls.append((cut, codec))
+        self.device_s = 0.001 * (cut + 1)
+        self.edge_s = None if codec is None else 0.002
+        return 0 if codec is None else 100 * (cut + 1)
+
+    def timed(self, cut, codec):
+        self.once(cut, codec)
+        return 0.01 * (cut + 1)
+
+
+def test_measure_interleaved_runs_each_configuration_its_repeats_in_rotated_rounds():
+    client = _FakeClient()
+    configs = [(0, "fp32"), (2, "int8+zstd"), (4, None)]
+    timings = pv.measure_interleaved(client, configs, {(0, "fp32"): 3, (2, "int8+zstd"): 1,
+                                                       (4, None): 3})
+    # one warm-up each, then rounds; the order rotates, a configuration stops at its count
+    assert client.calls == configs + [(0, "fp32"), (2, "int8+zstd"), (4, None),
+                                      (4, None), (0, "fp32"), (4, None), (0, "fp32")]
+    assert [len(timings[c].samples) for c in configs] == [3, 1, 3]
+    assert timings[(4, None)].edge_samples == () and timings[(4, None)].request_bytes == 0
+    assert timings[(2, "int8+zstd")].device_median_s == pytest.approx(0.003)
+    assert timings[(0, "fp32")].edge_median_s == pytest.approx(0.002)
+
+
+def test_a_choice_between_grid_speeds_is_measured_again_beside_the_best_and_baselines():
+    timings = {c: _timing(c, t, 0.01) for c, t in
+               [((0, "fp32"), 0.05), ((0, "int8+zstd"), 0.04), ((2, "fp16"), 0.03),
+                ((3, "int8+zstd"), 0.06), ((4, None), 0.08)]}
+    assert pv.remeasure((1, "fp16"), timings, last=4) == \
+        [(1, "fp16"), (2, "fp16"), (0, "fp32"), (0, "int8+zstd"), (4, None)]
+    # the best is a baseline itself: listed once
+    timings[(0, "int8+zstd")] = _timing((0, "int8+zstd"), 0.01, 0.01)
+    assert pv.remeasure((1, "fp16"), timings, last=4) == \
+        [(1, "fp16"), (0, "int8+zstd"), (0, "fp32"), (4, None)]
+
+
+def test_edge_window_speed_is_its_reported_compute_against_its_tail_profile():
+    t = {(1, "fp32"): Timing(1, "fp32", (0.1,), 10, (0.01,), (0.012, 0.0104, 0.0104)),
+         (3, "fp32"): Timing(3, "fp32", (0.1,), 10, (0.01,), (0.0013,)),
+         (4, None): Timing(4, None, (0.1,), 0, (0.01,), ())}
+    assert pv.edge_window_speed(t, EDGE) == pytest.approx((0.0104 + 0.0013) / (0.008 + 0.001))
+    assert pv.edge_window_speed({(4, None): t[(4, None)]}, EDGE) == 1.0
