@@ -8,8 +8,8 @@ every cut's real crossing tensors with every codec: bytes sent, encode and decod
 codec's error on that data (sizes depend on the data: zstd on post-ReLU activations). Runs are
 timed the way requests run: the model after idle (``COLD_IDLE_S``), one run at a time, and
 so are what a request does first after a wait (decoding the answer; its head and encoding:
-a cut's encoding is timed after idle and its head, as a request runs it). ``slowdown=K`` profiles an emulated device K times slower
-(:class:`splitinfer.slowdown.SlowDevice`).
+a cut's encoding is timed after idle and its head, as a request runs it). ``slowdown=K``
+profiles an emulated device K times slower (:class:`splitinfer.slowdown.SlowDevice`).
 ``profile_edge_locally(sm)`` measures tail latencies the same way, for offline planning, and
 ``edge_profile_from_info`` turns an edge node's ``GetModelInfo`` answer into an EdgeProfile.
 Results are the frozen values of :mod:`splitinfer.profiles` (JSON with ``to_json``).
