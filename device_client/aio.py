@@ -205,10 +205,16 @@ class AsyncSplitClient:
         link = self._estimator.link if self._estimator is not None else None
         return self._stats.snapshot(
             link=link, cut_id=plan.cut_id if plan else None, codec=plan.codec if plan else None,
-            device_speed=self._speed.factor if self._speed is not None else 1.0,
+            device_speed=self.device_speed,
             edges=tuple(EdgeStats(e.address, e.requests, e.ok, e.failures, e.breaker.state,
                                   e.breaker.opened, e.last_error, e.incompatible)
                         for e in self.edges))
+
+    @property
+    def device_speed(self) -> float:
+        """How many times slower than its profile the device runs now (``DeviceSpeed``; 1.0
+        when not tracked)."""
+        return self._speed.factor if self._speed is not None else 1.0
 
     @property
     def edges(self) -> list[Edge]:
@@ -263,12 +269,11 @@ class AsyncSplitClient:
         step of the emulated slower device when ``device_slowdown`` > 1. With ``expect_s``
         (what the device profile predicts for it) the time it took feeds the device's speed
         estimate, which may re-plan."""
-        if expect_s is None or self._speed is None:
-            return (await self.on_device_thread(self._device_step, fn, *args))[0]
         out, took = await self.on_device_thread(self._device_step, fn, *args)
-        self._speed.add(took, expect_s)
-        if self._maintenance is not None:
-            self._maintenance.maybe_replan()
+        if expect_s is not None and self._speed is not None:
+            self._speed.add(took, expect_s)
+            if self._maintenance is not None:
+                self._maintenance.maybe_replan()
         return out
 
     def _device_step(self, fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:
@@ -279,7 +284,9 @@ class AsyncSplitClient:
 
     def expected_device_s(self, plan: ClientPlan) -> float | None:
         """The device profile's prediction for ``plan``'s device work (its head and encoding,
-        or the whole model): the yardstick of the speed estimate."""
+        or the whole model): the yardstick of the speed estimate (None when not tracked)."""
+        if self._speed is None:
+            return None
         return device_work_s(self.device_profile, plan.cut_id, plan.codec)
 
     async def on_device_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -314,9 +321,8 @@ class AsyncSplitClient:
         if prof is not None:
             heads = {c.cut_id: c.head_s for c in prof.cuts}
             if cut_id in heads:
-                speed = self._speed.factor if self._speed is not None else 1.0
-                return 1.5 * speed * max(heads[prof.cuts[-1].cut_id] - heads[cut_id], 0.0) \
-                    + 0.002
+                return 1.5 * self.device_speed \
+                    * max(heads[prof.cuts[-1].cut_id] - heads[cut_id], 0.0) + 0.002
         return 0.0
 
     async def send(self, request: Any, crossing: tuple[Any, ...], cut_id: int,

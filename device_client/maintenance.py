@@ -176,7 +176,7 @@ class Maintenance:
                 return ClientPlan(c.cut_id, names[c.cut_id], c._codec_arg, "fixed", link=link)
             return self.local_plan("no profiles to plan from")
         codec = None if c._codec_arg == "auto" else c._codec_arg
-        self.plan_speed = c._speed.factor if c._speed is not None else 1.0
+        self.plan_speed = c.device_speed
         device = c.device_profile if self.plan_speed == 1.0 else \
             c.device_profile.scaled(self.plan_speed)
         try:

@@ -211,8 +211,8 @@ def profile_device(sm: Any, inputs: Sequence[torch.Tensor] | None = None, *,
         sm(*inputs)  # warm-up
         for done, cut_id in enumerate(ids, 1):
             cut = sm.cut(cut_id)
-            crossing = sm.head(cut_id)(*inputs)
             head = sm.head(cut_id)
+            crossing = head(*inputs)
             costs = () if cut_id == last else tuple(
                 _codec_cost(name, crossing, repeats, device, cold_encode=True,
                             before_encode=None if cut_id == 0 else lambda: head(*inputs))

@@ -26,6 +26,13 @@ def _check(owner: object, *names: str) -> None:
         object.__setattr__(owner, name, float(value))
 
 
+def _check_factor(where: str, factor: object) -> None:
+    """A speed factor (``scaled``): a finite number > 0."""
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)) \
+            or not 0 < factor < math.inf:
+        raise ValueError(f"{where}: factor is {factor!r}; expected a number > 0")
+
+
 def _check_int(owner: object, *names: str) -> None:
     for name in names:
         value = getattr(owner, name)
@@ -127,10 +134,7 @@ class DeviceProfile:
         (heads, encoding, decoding) times ``factor``; bytes, FLOPs and errors unchanged. For a
         device whose speed moved since it was profiled (a thermal limit, another load): time
         the whole model again and scale by new / profiled."""
-        if isinstance(factor, bool) or not isinstance(factor, (int, float)) \
-                or not 0 < factor < math.inf:
-            raise ValueError(f"DeviceProfile.scaled: factor is {factor!r}; expected a number "
-                             f"> 0")
+        _check_factor("DeviceProfile.scaled", factor)
         cuts = tuple(replace(c, head_s=c.head_s * factor, codecs=tuple(
             replace(k, encode_s=k.encode_s * factor, decode_s=k.decode_s * factor)
             for k in c.codecs)) for c in self.cuts)
@@ -187,9 +191,7 @@ class EdgeProfile:
         answer's encoding times ``factor``; the queue (load, not speed) and the per-MB
         overhead unchanged. For an edge whose tails now run slower or faster than when it
         profiled them (compare its answers' ``compute_s`` with ``tail_s``)."""
-        if isinstance(factor, bool) or not isinstance(factor, (int, float)) \
-                or not 0 < factor < math.inf:
-            raise ValueError(f"EdgeProfile.scaled: factor is {factor!r}; expected a number > 0")
+        _check_factor("EdgeProfile.scaled", factor)
         return replace(self, tail_s={k: v * factor for k, v in self.tail_s.items()},
                        response_encode_s=self.response_encode_s * factor)
 
