@@ -1,6 +1,7 @@
 # splitinfer — everything a fresh clone needs, with only python3 on the machine.
 #   make demo    split inference live: edge node, emulated link, planner vs both baselines
-#   make test    the whole test suite
+#   make test    the layer rules and the type check (make lint), then the whole test suite
+#   make lint    lint-imports (the layer rules of .importlinter) and mypy (strict; setup.cfg)
 #   make bench   every benchmark, one after another; writes benchmarks/report/REPORT.md
 
 PYTHON ?= python3
@@ -11,7 +12,7 @@ STAMP  := $(VENV)/.installed
 # torch is pinned to the release this project is tested with (it also ships torchvision's ops)
 TORCH_PKGS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: all demo test test-fast bench proto proto-check clean
+.PHONY: all demo lint test test-fast bench proto proto-check clean
 
 all: test
 
@@ -28,10 +29,15 @@ $(STAMP): setup.cfg pyproject.toml Makefile
 demo: $(STAMP)
 	$(VENV)/bin/splitinfer demo
 
-test: $(STAMP)
+# cheap and the first to fail: a broken layer rule or type error stops before the tests run
+lint: $(STAMP)
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
+
+test: lint
 	$(PY) -m pytest
 
-test-fast: $(STAMP)
+test-fast: lint
 	$(PY) -m pytest -m "not slow"
 
 bench: $(STAMP)
@@ -44,4 +50,4 @@ proto-check: $(STAMP)
 	$(PY) scripts/gen_proto.py --check
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis .demo benchmarks/results
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .hypothesis .demo benchmarks/results

@@ -33,11 +33,12 @@ from typing import Any
 import torch
 import torchvision
 
-from benchmarks._edgeutil import start_edge
+from benchmarks.progress import Steps
 from device_client import SplitClient
-from splitinfer.bundle import save_bundle
-from splitinfer.netem import LinkEmulator, LinkShape
-from splitinfer.partition import partition
+from splitinfer.model.bundle import save_bundle
+from splitinfer.model.split_model import partition
+from splitinfer.tools.edgeproc import start_edge
+from splitinfer.tools.netem import LinkEmulator, LinkShape
 
 RESULTS = Path(__file__).parent / "results"
 WINDOWS = (1, 4, 8, 16)
@@ -57,33 +58,47 @@ def export(repo: Path) -> tuple[Path, Any, int]:
 
 
 def run(args: argparse.Namespace, repo: Path) -> dict[str, Any]:
-    bundle, sm, cut = export(repo)
-    torch.manual_seed(1)
-    frames = [torch.randn(1, 3, 64, 64) for _ in range(args.frames)]
-    node = start_edge(repo, *EDGE_FLAGS)
-    rows = []
-    try:
-        with LinkEmulator(("127.0.0.1", node.port), shape=LINK) as proxy:
-            address = f"127.0.0.1:{proxy.port}"
-            opts = dict(cut=cut, codec="int8+zstd", deadline_s=10.0, fallback="error",
-                        probe_interval_s=3600.0)
-            with SplitClient(bundle, [address], **opts) as client:
-                for x in frames[:5]:
-                    client.infer(x)  # warm-up: connection, tail cache, allocator
-                start = time.perf_counter()
-                want = [client.infer(x) for x in frames]
-                seq_s = time.perf_counter() - start
-                rows.append({"mode": "infer (sequential)", "window": 1, "seconds": seq_s,
-                             "fps": len(frames) / seq_s, "ratio": 1.0, "max_diff": 0.0})
-                print(f"sequential infer: {len(frames) / seq_s:7.1f} frames/s", flush=True)
-                for window in WINDOWS:
-                    rows.append(measure_stream(bundle, address, opts, window, frames, want,
-                                               len(frames) / seq_s))
-                stats = client.stats
-    finally:
-        node.stop()
+    # steps: the bundle, the node, sequential infer(), one per stream() window
+    with Steps("client streaming", 3 + len(WINDOWS)) as steps:
+        bundle, sm, cut = export(repo)
+        steps.advance(note="bundle written")
+        node = start_edge(repo, *EDGE_FLAGS)
+        steps.advance(note="edge node SERVING")
+        try:
+            rows, stats = measure_all(args, node.port, bundle, cut, steps)
+        finally:
+            node.stop()
     return {"rows": rows, "cut": cut, "cut_name": sm.cuts[cut].name,
             "request_bytes": stats.bytes_sent // max(stats.requests, 1)}
+
+
+def measure_all(args: argparse.Namespace, edge_port: int, bundle: Path, cut: int,
+                steps: Steps) -> tuple[list[dict[str, Any]], Any]:
+    """Sequential infer(), then stream() at each window, through the link emulator; (rows,
+    the sequential client's stats)."""
+    torch.manual_seed(1)
+    frames = [torch.randn(1, 3, 64, 64) for _ in range(args.frames)]
+    rows = []
+    with LinkEmulator(("127.0.0.1", edge_port), shape=LINK) as proxy:
+        address = f"127.0.0.1:{proxy.port}"
+        opts = dict(cut=cut, codec="int8+zstd", deadline_s=10.0, fallback="error",
+                    probe_interval_s=3600.0)
+        with SplitClient(bundle, [address], **opts) as client:
+            for x in frames[:5]:
+                client.infer(x)  # warm-up: connection, tail cache, allocator
+            start = time.perf_counter()
+            want = [client.infer(x) for x in frames]
+            seq_s = time.perf_counter() - start
+            rows.append({"mode": "infer (sequential)", "window": 1, "seconds": seq_s,
+                         "fps": len(frames) / seq_s, "ratio": 1.0, "max_diff": 0.0})
+            print(f"sequential infer: {len(frames) / seq_s:7.1f} frames/s", flush=True)
+            steps.advance(note="sequential infer()")
+            for window in WINDOWS:
+                rows.append(measure_stream(bundle, address, opts, window, frames, want,
+                                           len(frames) / seq_s))
+                steps.advance(note=f"stream() window {window}")
+            stats = client.stats
+    return rows, stats
 
 
 def measure_stream(bundle: Path, address: str, opts: dict[str, Any], window: int,

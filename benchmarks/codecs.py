@@ -30,6 +30,7 @@ from typing import Any, Callable  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from benchmarks.progress import Steps  # noqa: E402
 from splitinfer.codec import decode, get_codec, list_codecs  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).parent / "results" / "codecs.json"
@@ -148,6 +149,20 @@ def measure(codec_name: str, s: Sample, repeats: int) -> dict[str, Any]:
     }
 
 
+def measure_all(codecs: list[str], chosen: list[Sample], repeats: int) -> list[dict[str, Any]]:
+    """Every codec on every chosen tensor, a table per codec; the rows in that order."""
+    rows = []
+    with Steps("codec benchmark", len(codecs) * len(chosen)) as steps:
+        for codec in codecs:
+            codec_rows = []
+            for s in chosen:
+                codec_rows.append(measure(codec, s, repeats))
+                steps.advance(note=f"{codec}: {s.tensor}")
+            print_table(codec, codec_rows)
+            rows.extend(codec_rows)
+    return rows
+
+
 def _fmt_db(v: float) -> str:
     return "lossless" if v == math.inf else f"{v:.1f}"
 
@@ -221,11 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     chosen = select(samples, args.max_other)
     print(f"{len(samples)} tensors from {source}; measuring {len(chosen)} "
           f"({sum(s.post_relu for s in chosen)} post-ReLU), {args.repeats} repeats, 1 thread")
-    rows = []
-    for codec in codecs:
-        codec_rows = [measure(codec, s, args.repeats) for s in chosen]
-        print_table(codec, codec_rows)
-        rows.extend(codec_rows)
+    rows = measure_all(codecs, chosen, args.repeats)
     summary = summarize(rows)
     targets = check_targets(summary)
 

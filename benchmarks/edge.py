@@ -51,10 +51,13 @@ import torch  # noqa: E402
 import torchvision  # noqa: E402
 from torch import nn  # noqa: E402
 
-from benchmarks._edgeutil import EdgeProcess, machine_busy_seconds, start_edge  # noqa: E402
-from splitinfer.bundle import load_bundle, save_bundle  # noqa: E402
-from splitinfer.codec import decode_torch, get_codec  # noqa: E402
-from splitinfer.partition import partition  # noqa: E402
+from benchmarks.machine import machine_busy_seconds  # noqa: E402
+from benchmarks.progress import Steps  # noqa: E402
+from splitinfer.codec import get_codec  # noqa: E402
+from splitinfer.model.bundle import load_bundle, save_bundle  # noqa: E402
+from splitinfer.model.split_model import partition  # noqa: E402
+from splitinfer.model.tensors import decode_torch  # noqa: E402
+from splitinfer.tools.edgeproc import EdgeProcess, start_edge  # noqa: E402
 from splitinfer.wire import convert  # noqa: E402
 from splitinfer.wire.v1 import inference_pb2, probe_pb2  # noqa: E402
 
@@ -184,10 +187,11 @@ def summarize_slices(clients: int, slices: list[dict[str, Any]]) -> dict[str, An
             "other_cpu": max(0.0, total["machine"] - total["client"] - total["server"]) / secs}
 
 
-def load_table(nodes: dict[str, EdgeProcess], payload: bytes,
-               args: argparse.Namespace) -> dict[str, list[dict[str, Any]]]:
+def load_table(nodes: dict[str, EdgeProcess], payload: bytes, args: argparse.Namespace,
+               steps: Steps | None = None) -> dict[str, list[dict[str, Any]]]:
     """Every concurrency on every node; the modes alternate in short slices, so a neighbour's
-    load on this shared machine hits both sides of the comparison alike."""
+    load on this shared machine hits both sides of the comparison alike. ``steps`` advances
+    once a slice."""
     load: dict[str, list[dict[str, Any]]] = {mode: [] for mode in nodes}
     for clients in CONCURRENCY:
         slices: dict[str, list[dict[str, Any]]] = {mode: [] for mode in nodes}
@@ -195,6 +199,8 @@ def load_table(nodes: dict[str, EdgeProcess], payload: bytes,
             for mode, node in nodes.items():
                 slices[mode].append(asyncio.run(closed_loop(
                     node, payload, clients, args.warmup, args.seconds / args.rounds)))
+                if steps is not None:
+                    steps.advance(note=f"{mode}, {clients} clients")
         for mode in nodes:
             row = summarize_slices(clients, slices[mode])
             load[mode].append(row)
@@ -317,22 +323,31 @@ def node_flags(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace, repo: Path) -> dict[str, Any]:
-    torch.manual_seed(0)
-    vgg = build_workload(torchvision.models.vgg16(), torch.randn(1, 3, 64, 64), "vgg16",
-                         "avgpool", repo)
-    wide = build_workload(Wide(), torch.randn(1, 100, 256), "wide", "input", repo)
-    rows = rows_table(vgg, 10 if args.quick else 30)
-    nodes: dict[str, EdgeProcess] = {}
-    try:
-        for mode, flags in MODES.items():
-            nodes[mode] = start_edge(repo, *node_flags(args), *flags)
-            with grpc.insecure_channel(nodes[mode].address) as channel:
-                check_answer(channel.unary_unary(INFER)(vgg.payload, timeout=60), vgg)
-        load = load_table(nodes, vgg.payload, args)
-        over = {mode: overhead(node, wide, args.repeats) for mode, node in nodes.items()}
-    finally:
-        for node in nodes.values():
-            node.stop()
+    # steps: the workloads, the rows table, each node's start, each load slice, each overhead
+    total = 2 + len(MODES) * (2 + len(CONCURRENCY) * args.rounds)
+    with Steps("edge benchmark", total) as steps:
+        torch.manual_seed(0)
+        vgg = build_workload(torchvision.models.vgg16(), torch.randn(1, 3, 64, 64), "vgg16",
+                             "avgpool", repo)
+        wide = build_workload(Wide(), torch.randn(1, 100, 256), "wide", "input", repo)
+        steps.advance(note="bundles written")
+        rows = rows_table(vgg, 10 if args.quick else 30)
+        steps.advance(note="the tail by batch rows")
+        nodes: dict[str, EdgeProcess] = {}
+        try:
+            for mode, flags in MODES.items():
+                nodes[mode] = start_edge(repo, *node_flags(args), *flags)
+                with grpc.insecure_channel(nodes[mode].address) as channel:
+                    check_answer(channel.unary_unary(INFER)(vgg.payload, timeout=60), vgg)
+                steps.advance(note=f"{mode}: node SERVING")
+            load = load_table(nodes, vgg.payload, args, steps)
+            over = {}
+            for mode, node in nodes.items():
+                over[mode] = overhead(node, wide, args.repeats)
+                steps.advance(note=f"{mode}: overhead")
+        finally:
+            for node in nodes.values():
+                node.stop()
     return {"load": load, "overhead": over, "tail_by_rows": rows,
             "activation_bytes": wide.x.numel() * 4}
 

@@ -51,9 +51,11 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 import splitinfer  # noqa: E402
-from splitinfer.codec import decode_torch, get_codec  # noqa: E402
-from splitinfer.errors import SplitInferError  # noqa: E402
-from splitinfer.spec import DYNAMIC  # noqa: E402
+from benchmarks.progress import Steps  # noqa: E402
+from splitinfer.codec import get_codec  # noqa: E402
+from splitinfer.core.errors import SplitInferError  # noqa: E402
+from splitinfer.core.spec import DYNAMIC  # noqa: E402
+from splitinfer.model.tensors import decode_torch  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).parent / "results" / "fidelity.json"
 CODECS = ("fp32", "fp16", "bf16", "int8", "int8+zstd")  # fp32: the lossless control
@@ -193,9 +195,11 @@ def nearest_other(queries: torch.Tensor, index: torch.Tensor) -> np.ndarray:
 
 
 def minilm_fidelity(model: nn.Module, tokenizer: Any, sentences: Sequence[str],
-                    codecs: Sequence[str], n_cuts: int, seq_len: int = SEQ_LEN
-                    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Rows (cut x codec) of embedding fidelity, and facts about the run."""
+                    codecs: Sequence[str], n_cuts: int, seq_len: int = SEQ_LEN,
+                    steps: Steps | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Rows (cut x codec) of embedding fidelity, and facts about the run; ``steps`` grows by
+    the cuts measured and advances once a cut."""
+    steps = steps or Steps("MiniLM", 0, enabled=False)
     tok = tokenizer(list(sentences), padding="max_length", truncation=True,
                     max_length=seq_len, return_tensors="pt")
     ids, mask = tok["input_ids"], tok["attention_mask"]
@@ -205,6 +209,7 @@ def minilm_fidelity(model: nn.Module, tokenizer: Any, sentences: Sequence[str],
     ref_nn = nearest_other(ref, ref)
     usable, rejected = candidate_cuts(sm, (ids, mask))
     cuts = spread(usable, n_cuts)
+    steps.grow(len(cuts))
     rows = []
     for cut in cuts:
         for codec, got in split_outputs(sm, cut, (ids, mask), codecs).items():
@@ -219,6 +224,7 @@ def minilm_fidelity(model: nn.Module, tokenizer: Any, sentences: Sequence[str],
                          "identical_pct": 100.0 * float(torch.all(emb == ref, 1).float().mean()),
                          "top1_agree_pct": 100.0 * float((nearest_other(emb, ref)
                                                            == ref_nn).mean())})
+        steps.advance(note=f"MiniLM cut {cut.id} {cut.name}")
     info = {"sentences": len(sentences), "seq_len": seq_len, "cuts_total": len(sm.cuts),
             "cuts_measured": [c.id for c in cuts], "cuts_usable": len(usable),
             "cuts_rejected_by_tail": rejected,
@@ -274,9 +280,11 @@ def train_digits(epochs: int, seed: int = 0) -> tuple[nn.Module, torch.Tensor, t
 
 
 def digits_fidelity(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                    codecs: Sequence[str], max_cuts: int
+                    codecs: Sequence[str], max_cuts: int, steps: Steps | None = None
                     ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Rows (cut x codec): split-inference top-1 accuracy vs the fp32 model's."""
+    """Rows (cut x codec): split-inference top-1 accuracy vs the fp32 model's; ``steps``
+    grows by the cuts measured and advances once a cut."""
+    steps = steps or Steps("digits", 0, enabled=False)
     sm = splitinfer.partition(model, (x[:1],), name="digits-cnn")
     with torch.no_grad():
         ref = model(x).argmax(1)
@@ -284,6 +292,7 @@ def digits_fidelity(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     rows = []
     usable, rejected = candidate_cuts(sm, (x,))
     cuts = spread(usable, max_cuts)
+    steps.grow(len(cuts))
     for cut in cuts:
         for codec, got in split_outputs(sm, cut, (x,), codecs).items():
             if isinstance(got, str):
@@ -294,6 +303,7 @@ def digits_fidelity(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
             rows.append({**_cut_row("digits", cut, codec, got[1]), "acc_pct": acc,
                          "acc_fp32_pct": ref_acc, "delta_pts": acc - ref_acc,
                          "agree_pct": 100.0 * float((pred == ref).float().mean())})
+        steps.advance(note=f"digits cut {cut.id} {cut.name}")
     return rows, {"cuts_total": len(sm.cuts), "cuts_measured": [c.id for c in cuts],
                   "cuts_rejected_by_tail": rejected}
 
@@ -395,15 +405,21 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def run(n_sentences: int, n_cuts: int, epochs: int, codecs: Sequence[str],
-        digits_cuts: int = 1000) -> dict[str, Any]:
-    """The whole benchmark as one JSON-ready dict (no printing, no files)."""
+        digits_cuts: int = 1000, progress: bool = False) -> dict[str, Any]:
+    """The whole benchmark as one JSON-ready dict (no files; with ``progress``, a progress
+    display on stderr, else no printing)."""
     started = time.perf_counter()
-    sentences = load_sentences(n_sentences)
-    model, tokenizer = load_minilm()
-    lm_rows, lm_info = minilm_fidelity(model, tokenizer, sentences, codecs, n_cuts)
-    lm_s = time.perf_counter() - started
-    cnn, x_te, y_te, dg_info = train_digits(epochs)
-    dg_rows, dg_cuts = digits_fidelity(cnn, x_te, y_te, codecs, digits_cuts)
+    # steps: MiniLM loaded, the CNN trained, then one per cut (counted once known)
+    with Steps("fidelity benchmark", 2, enabled=progress) as steps:
+        sentences = load_sentences(n_sentences)
+        model, tokenizer = load_minilm()
+        steps.advance(note="MiniLM loaded")
+        lm_rows, lm_info = minilm_fidelity(model, tokenizer, sentences, codecs, n_cuts,
+                                           steps=steps)
+        lm_s = time.perf_counter() - started
+        cnn, x_te, y_te, dg_info = train_digits(epochs)
+        steps.advance(note=f"digits CNN trained ({epochs} epochs)")
+        dg_rows, dg_cuts = digits_fidelity(cnn, x_te, y_te, codecs, digits_cuts, steps=steps)
     dg_info.update(dg_cuts)
     rows = lm_rows + dg_rows
     targets = check_targets(rows)
@@ -437,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     torch.set_num_threads(1)
-    result = run(n_sent, n_cuts, args.epochs, CODECS)
+    result = run(n_sent, n_cuts, args.epochs, CODECS, progress=True)
     meta = result["meta"]
     print(f"{n_sent} sentences ({meta['minilm']['tokens_mean']} tokens mean, "
           f"{meta['minilm']['truncated']} truncated at {SEQ_LEN}), MiniLM cuts "

@@ -14,7 +14,7 @@ One run, side by side, on this machine:
 - Edge: one real ``splitinfer-edge`` process (``--torch-threads 1 --workers 1
   --max-batch-size 1 --profile-tails true``); its profile comes from ``GetModelInfo``.
 - Device: this process with one torch thread, made ``--device-slowdown K`` (default 15) times
-  slower by time dilation (``splitinfer.slowdown.SlowDevice``): each piece of device work (head
+  slower by time dilation (``splitinfer.measure.slowdown.SlowDevice``): each piece of device work (head
   + encode + building the request; parsing + decoding the answer; the whole model for
   device-only) runs at full speed, then the thread idles K-1 times the CPU time it used. Its
   profile is ``profile_device(slowdown=K)``, through the same emulation. That is how the device
@@ -64,25 +64,25 @@ import statistics  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+from typing import Any, Callable  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torchvision  # noqa: E402
 
-from benchmarks._edgeutil import start_edge  # noqa: E402
-from benchmarks._splitclient import SplitClient, Timing  # noqa: E402
+from device_client import SplitClient  # noqa: E402
 from device_client.link_probe import sizes_for  # noqa: E402
-from splitinfer.bundle import load_bundle, save_bundle  # noqa: E402
-from splitinfer.cpuquota import DeviceQuota  # noqa: E402
-from splitinfer.link import Link  # noqa: E402
-from splitinfer.netem import LinkEmulator, LinkShape  # noqa: E402
-from splitinfer.partition import partition  # noqa: E402
-from splitinfer.planner import Candidate, Plan, choose  # noqa: E402
-from splitinfer.profiler import edge_profile_from_info, profile_device  # noqa: E402
-from splitinfer.profiles import DeviceProfile, EdgeProfile  # noqa: E402
-from splitinfer.slowdown import SlowDevice  # noqa: E402
+from splitinfer.core.link import Link  # noqa: E402
+from splitinfer.core.planner import Candidate, Plan, choose  # noqa: E402
+from splitinfer.core.profiles import DeviceProfile, EdgeProfile  # noqa: E402
+from splitinfer.measure.profiler import profile_device  # noqa: E402
+from splitinfer.model.bundle import load_bundle, save_bundle  # noqa: E402
+from splitinfer.model.split_model import partition  # noqa: E402
+from splitinfer.tools.cpuquota import DeviceQuota  # noqa: E402
+from splitinfer.tools.edgeproc import start_edge  # noqa: E402
+from splitinfer.tools.netem import LinkEmulator, LinkShape  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 DEFAULT_OUT = RESULTS / "planner_validation.json"
@@ -101,6 +101,7 @@ TARGET_SPLIT_WINS, TARGET_WORST_GAIN = 1, 0.95
 # device speeds (x its profile) the choice is planned for before measuring, 0.5x to ~3x
 SPEED_GRID = tuple(0.5 * 1.04 ** i for i in range(46))
 CUT_BUDGET_S = 15.0  # seconds one configuration may take (warm-up + repeats) before N drops
+_TIMEOUT_S = 300.0   # a 1.6 MB request at 1 Mbit/s takes ~13 s; leave room
 
 
 # ---- setup --------------------------------------------------------------------------------------
@@ -128,6 +129,51 @@ def sample_cuts(last: int, k: int) -> list[int]:
 
 
 Config = tuple[int, str | None]  # (cut, codec); codec None: device-only
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Seconds of one configuration: every repeat after the warm-up, and their median."""
+
+    cut_id: int
+    codec: str | None
+    samples: tuple[float, ...]
+    request_bytes: int
+    device_samples: tuple[float, ...] = ()  # the device's own part of each sample (its steps)
+    edge_samples: tuple[float, ...] = ()    # the edge's tail compute in each (its StageTiming)
+
+    @property
+    def median_s(self) -> float:
+        return statistics.median(self.samples)
+
+    @property
+    def device_median_s(self) -> float:
+        return statistics.median(self.device_samples)
+
+    @property
+    def edge_median_s(self) -> float | None:
+        return statistics.median(self.edge_samples) if self.edge_samples else None
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One request of one configuration, as the device client's own outcome reports it."""
+
+    total_s: float                # end to end, as the caller of SplitClient.infer_result sees it
+    device_s: float               # the device's steps in it (head + encode + build; decode)
+    edge_compute_s: float | None  # the tail compute the edge reported (None: not sent)
+    request_bytes: int
+
+
+def run_config(client: SplitClient, x: torch.Tensor, config: Config) -> Sample:
+    """One request through the shipped SDK at ``config``'s cut and codec (the last cut: the
+    whole model on the device)."""
+    cut_id, codec = config
+    start = time.perf_counter()
+    r = client.infer_result(x, cut=cut_id, codec=codec)
+    total = time.perf_counter() - start
+    return Sample(total, r.device_s, r.edge_timing.compute_s if r.edge_timing else None,
+                  r.bytes_sent)
 
 
 def best_codec(plan: Plan, cut_id: int) -> str | None:
@@ -188,23 +234,24 @@ def estimate_s(device: DeviceProfile, edge: EdgeProfile, args: argparse.Namespac
 
 # ---- one link -----------------------------------------------------------------------------------
 
-def measure_interleaved(client: SplitClient, configs: list[Config], wanted: dict[Config, int]
-                        ) -> dict[Config, Timing]:
+def measure_interleaved(run: Callable[[Config], Sample], configs: list[Config],
+                        wanted: dict[Config, int]) -> dict[Config, Timing]:
     """Every configuration: one warm-up each, then rounds in which each runs once (a slow one
     drops out after its ``wanted`` repeats), the order rotated every round. Interleaved, a slow
     minute of this shared machine lands on every configuration alike instead of on whichever
     one was running."""
-    nbytes = {c: client.once(*c) for c in configs}
+    nbytes = {c: run(c).request_bytes for c in configs}  # one warm-up each
     samples: dict[Config, list[float]] = {c: [] for c in configs}
     device: dict[Config, list[float]] = {c: [] for c in configs}
     edge: dict[Config, list[float]] = {c: [] for c in configs}
     for r in range(max(wanted.values())):
         for c in configs[r % len(configs):] + configs[:r % len(configs)]:
             if len(samples[c]) < wanted[c]:
-                samples[c].append(client.timed(*c))
-                device[c].append(client.device_s)
-                if client.edge_s is not None:
-                    edge[c].append(client.edge_s)
+                s = run(c)
+                samples[c].append(s.total_s)
+                device[c].append(s.device_s)
+                if s.edge_compute_s is not None:
+                    edge[c].append(s.edge_compute_s)
     return {c: Timing(c[0], c[1], tuple(samples[c]), nbytes[c], tuple(device[c]),
                       tuple(edge[c])) for c in configs}
 
@@ -236,16 +283,21 @@ def remeasure(chosen: Config, timings: dict[Config, Timing], last: int) -> list[
     return list(dict.fromkeys([chosen, best, *(c for c in timings if c[0] in (0, last))]))
 
 
-def run_link(client: SplitClient, proxy: LinkEmulator, device: DeviceProfile,
-             edge: EdgeProfile, bw_mbps: float, rtt_ms: float, args: argparse.Namespace
-             ) -> dict[str, Any]:
+def run_link(client: SplitClient, x: torch.Tensor, proxy: LinkEmulator,
+             device: DeviceProfile, edge: EdgeProfile, bw_mbps: float, rtt_ms: float,
+             args: argparse.Namespace) -> dict[str, Any]:
     nominal = Link(rtt_s=rtt_ms / 1e3, bandwidth_bps=bw_mbps * 1e6)
     proxy.set_shape(LinkShape(rate_bps=nominal.bandwidth_bps, delay_s=nominal.rtt_s / 2))
-    measured, samples = client.probe_link(probe_sizes(nominal.bandwidth_bps), args.probe_rounds)
-    last = client.last_cut
+    measured, samples = client.measure_link(args.probe_rounds,
+                                            probe_sizes(nominal.bandwidth_bps))
+    last = len(client.manifest.cuts) - 1
     plan0, configs = configs_for(device, edge, measured, args.cuts)
     wanted = {c: repeats_for(predicted_s(plan0, c), args.repeats) for c in configs}
-    timings = measure_interleaved(client, configs, wanted)
+
+    def run(config: Config) -> Sample:
+        return run_config(client, x, config)
+
+    timings = measure_interleaved(run, configs, wanted)
     # this shared machine's speed swings 1.5x in spells of seconds to minutes (the same
     # whole-model run: 7.5 ms, then 11.5 ms for a minute), which moves the emulated device with
     # it; the planner plans for the device's speed in the minutes the oracle was measured in,
@@ -258,7 +310,7 @@ def run_link(client: SplitClient, proxy: LinkEmulator, device: DeviceProfile,
     chosen_config = (plan.cut_id, plan.codec)
     if chosen_config not in timings:  # between two grid speeds: measure it beside the best
         again = remeasure(chosen_config, timings, last)
-        timings.update(measure_interleaved(client, again, {
+        timings.update(measure_interleaved(run, again, {
             c: repeats_for(predicted_s(plan, c), args.repeats) for c in again}))
     print(f"  device ran {speed:.2f}x its profile while measuring, the edge's tails "
           f"{edge_speed:.2f}x", flush=True)
@@ -398,9 +450,18 @@ def run(args: argparse.Namespace, repo: Path) -> dict[str, Any]:
               f"{len(sm.cuts)} cuts, codecs {', '.join(CODECS)})…", flush=True)
         device = profile_device(sm, (x,), codecs=CODECS, repeats=args.profile_repeats,
                                 slowdown=args.device_slowdown)
-        client = stack.enter_context(SplitClient(f"127.0.0.1:{proxy.port}", sm, version, (x,),
-                                                 device=SlowDevice(args.device_slowdown)))
-        edge = edge_profile_from_info(client.model_info())
+        # the shipped SDK, with the switches a measurement needs: the configurations are
+        # given per request (infer_result(cut=, codec=)), nothing is re-planned, no background
+        # probe shares the link with the requests, and an edge failure is an error (never a
+        # local answer that would pass for a measurement)
+        client = stack.enter_context(SplitClient(
+            repo / sm.name / version, edges=[f"127.0.0.1:{proxy.port}"], codecs=CODECS,
+            device_profile=device, device_slowdown=args.device_slowdown,
+            track_device_speed=False, replan=False, background=False, fallback="error",
+            deadline_s=_TIMEOUT_S, connect_timeout_s=_TIMEOUT_S))
+        edge = client.edge_profile
+        if edge is None:
+            raise RuntimeError("the edge node reported no tail profile")
         ratio = device.cuts[-1].head_s / edge.tail_s[0]
         print(f"device full model {device.cuts[-1].head_s * 1e3:.1f} ms (1 thread), edge "
               f"tail at cut 0 {edge.tail_s[0] * 1e3:.1f} ms: device/edge = {ratio:.2f}"
@@ -414,7 +475,7 @@ def run(args: argparse.Namespace, repo: Path) -> dict[str, Any]:
         rows = []
         for bw, rtt in links(args):
             print(f"link {bw} Mbit/s, RTT {rtt} ms:", flush=True)
-            rows.append(run_link(client, proxy, device, edge, bw, rtt, args))
+            rows.append(run_link(client, x, proxy, device, edge, bw, rtt, args))
         confined = quota.group is not None
     return {"device_cpu_quota": args.device_cpu_quota if confined else None,
             "device_slowdown": args.device_slowdown,

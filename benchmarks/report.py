@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from benchmarks.progress import Steps
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 REPORT = ROOT / "benchmarks" / "report"
@@ -40,20 +42,28 @@ def run_all(names: list[str]) -> dict[str, float]:
     """Run the benchmarks; their output goes to benchmarks/report/logs/NAME.log."""
     (REPORT / "logs").mkdir(parents=True, exist_ok=True)
     took = {}
-    for name in names:
-        module, extra = BENCHMARKS[name]
-        log = REPORT / "logs" / f"{name}.log"
-        print(f"== {name}: python -m {module} {' '.join(extra)} (log: {log.relative_to(ROOT)})",
-              flush=True)
-        start = time.perf_counter()
-        with open(log, "w") as f:
-            proc = subprocess.run([sys.executable, "-m", module, *extra], cwd=ROOT, stdout=f,
-                                  stderr=subprocess.STDOUT)
-        took[name] = time.perf_counter() - start
-        tail = log.read_text().strip().splitlines()[-6:]
-        print("\n".join(f"   {line}" for line in tail), flush=True)
-        if proc.returncode != 0:
-            raise SystemExit(f"{name} failed (exit {proc.returncode}); see {log}")
+    with Steps("benchmarks", len(names), every_s=0) as steps:
+        for name in names:
+            took[name] = run_one(name)
+            steps.advance(note=f"{name} done in {took[name]:.0f} s")
+    return took
+
+
+def run_one(name: str) -> float:
+    """Run one benchmark into its log, print the log's last lines; its wall seconds."""
+    module, extra = BENCHMARKS[name]
+    log = REPORT / "logs" / f"{name}.log"
+    print(f"== {name}: python -m {module} {' '.join(extra)} (log: {log.relative_to(ROOT)})",
+          flush=True)
+    start = time.perf_counter()
+    with open(log, "w") as f:
+        proc = subprocess.run([sys.executable, "-m", module, *extra], cwd=ROOT, stdout=f,
+                              stderr=subprocess.STDOUT)
+    took = time.perf_counter() - start
+    tail = log.read_text().strip().splitlines()[-6:]
+    print("\n".join(f"   {line}" for line in tail), flush=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{name} failed (exit {proc.returncode}); see {log}")
     return took
 
 
@@ -189,10 +199,13 @@ def section_planner(d: dict[str, Any]) -> list[str]:
     else:
         how = (f"one thread made {d.get('device_slowdown', 1):g}x slower by time dilation (each "
                "step of device work runs at full speed, then idles "
-               f"{d.get('device_slowdown', 1) - 1:g}x its CPU time; `splitinfer.slowdown`)")
-    lines = [f"{m.get('model', 'resnet18')}, input {m['input']}; device = {how}, "
+               f"{d.get('device_slowdown', 1) - 1:g}x its CPU time; `splitinfer.measure.slowdown`)")
+    lines = [f"{m.get('model', 'resnet18')}, input {m['input']}; device = the shipped "
+             f"device client (`device_client.SplitClient`, each configuration one "
+             f"`infer_result(cut=, codec=)`) on {how}, "
              "edge = a real edge process "
-             f"(`{' '.join(m['edge_flags'])}`): device/edge compute ratio **{d['device_edge_ratio']:.2f}** "
+             f"(`{' '.join(m['edge_flags'])}`): device/edge compute ratio "
+             f"**{d['device_edge_ratio']:.2f}** "
              f"(whole model {d['device_full_ms']:.1f} ms vs {d['edge_full_ms']:.1f} ms). Each link "
              "emulated by the project's link emulator; every sampled cut measured end to end. "
              "This machine's speed swings (~1.5x, spells of seconds to minutes) and the emulated "

@@ -11,8 +11,9 @@ private event-loop thread).
             ...
         print(client.plan.describe(), client.stats)
 
-Every argument is ``AsyncSplitClient``'s; the constructor connects (checks the edges, measures
-the link, plans) and raises on a wrong token or a bundle the edges do not serve.
+The arguments are ``ClientArgs``'s (the same as ``AsyncSplitClient``'s); the constructor
+connects (checks the edges, measures the link, plans) and raises on a wrong token or a bundle
+the edges do not serve.
 """
 
 from __future__ import annotations
@@ -20,22 +21,40 @@ from __future__ import annotations
 import asyncio
 import threading
 from pathlib import Path
-from typing import Any, Coroutine, Iterable, Iterator, Sequence, TypeVar
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    AsyncIterator,
+    Coroutine,
+    Iterable,
+    Iterator,
+    Sequence,
+    TypeVar,
+)
 
 from .aio import AsyncSplitClient, InferOutcome
-from .planning import ClientPlan
-from .stats import ClientStats
+from .options import ClientArgs, ClientOptions, EdgeSpec
+
+if TYPE_CHECKING:
+    from splitinfer.core.link import Link
+    from splitinfer.core.profiles import DeviceProfile, EdgeProfile
+    from splitinfer.model.manifest import Manifest
+
+    from .edges import EdgeState
+    from .planning import ClientPlan
+    from .runners import Runner
+    from .stats import ClientStats
 
 __all__ = ["SplitClient"]
 
 T = TypeVar("T")
 
 
-class SplitClient:
+class SplitClient(ClientArgs):
     """Blocking twin of ``AsyncSplitClient``; safe to call from several threads."""
 
-    def __init__(self, bundle: str | Path, edges: Sequence[str] | str, **options: Any) -> None:
-        self._client = AsyncSplitClient(bundle, edges, **options)  # argument errors raise here
+    def _configure(self, bundle: Path, edges: list[EdgeSpec], options: ClientOptions) -> None:
+        self._client = AsyncSplitClient.from_options(bundle, edges, options)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
                                         name="splitinfer-client")
@@ -57,8 +76,11 @@ class SplitClient:
         """The model's output(s) for ``inputs``; see ``AsyncSplitClient.infer``."""
         return self._call(self._client.infer(*inputs, request_id=request_id))
 
-    def infer_result(self, *inputs: Any, request_id: str | None = None) -> InferOutcome:
-        return self._call(self._client.infer_result(*inputs, request_id=request_id))
+    def infer_result(self, *inputs: Any, request_id: str | None = None,
+                     cut: int | str | None = None, codec: str | None = None) -> InferOutcome:
+        """See ``AsyncSplitClient.infer_result``."""
+        return self._call(self._client.infer_result(*inputs, request_id=request_id, cut=cut,
+                                                    codec=codec))
 
     def stream(self, frames: Iterable[Any]) -> Iterator[Any]:
         """Outputs for ``frames``, in order, pipelined (``window`` frames in flight)."""
@@ -66,13 +88,22 @@ class SplitClient:
         try:
             while True:
                 try:
-                    item = self._call(agen.__anext__())
+                    item: Any = self._call(_next(agen))
                 except StopAsyncIteration:
                     return
                 yield item
         finally:
             if not self._closed:
-                self._call(agen.aclose())
+                self._call(_close(agen))
+
+    def measure_link(self, rounds: int = 3, sizes: Sequence[int] | None = None
+                     ) -> tuple[Link, list[tuple[int, float]]]:
+        """See ``AsyncSplitClient.measure_link``."""
+        return self._call(self._client.measure_link(rounds, sizes))
+
+    @property
+    def options(self) -> ClientOptions:
+        return self._client.options
 
     @property
     def plan(self) -> ClientPlan:
@@ -83,12 +114,28 @@ class SplitClient:
         return self._client.stats
 
     @property
-    def edges(self) -> list[Any]:
+    def device_speed(self) -> float:
+        return self._client.device_speed
+
+    @property
+    def edges(self) -> list[EdgeState]:
         return self._client.edges
 
     @property
-    def runner(self) -> Any:
+    def runner(self) -> Runner:
         return self._client.runner
+
+    @property
+    def manifest(self) -> Manifest:
+        return self._client.manifest
+
+    @property
+    def device_profile(self) -> DeviceProfile | None:
+        return self._client.device_profile
+
+    @property
+    def edge_profile(self) -> EdgeProfile | None:
+        return self._client.edge_profile
 
     def close(self) -> None:
         if self._closed:
@@ -106,3 +153,13 @@ class SplitClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+async def _next(agen: AsyncIterator[Any]) -> Any:
+    return await agen.__anext__()
+
+
+async def _close(agen: AsyncIterator[Any]) -> None:
+    aclose = getattr(agen, "aclose", None)  # an async generator's; other iterators have none
+    if aclose is not None:
+        await aclose()

@@ -1,109 +1,179 @@
-"""Connections to edge nodes: one gRPC channel per address given, with TLS, token and breaker.
+"""The client's one I/O seam, ``Edge``, its gRPC implementation, and what the client knows of
+each edge (circuit breaker, counters, the model version it serves us).
 
-Each address gets its own ``grpc.aio`` channel whose load-balancing policy is gRPC's own
-``round_robin`` with client-side health checking (``grpc.health.v1``): a DNS name with several
-records is spread over all of them and a backend that reports NOT_SERVING (draining) is skipped
-by gRPC itself. Across the addresses given, the client rotates requests over the edges whose
-circuit breaker is closed (``EdgePool.pick``), so a dead or hung edge stops getting traffic.
+``Edge`` is everything the client asks of an edge node: ``infer``, ``infer_stream``,
+``model_info``, ``probe``. Each call carries the edge's metadata (the bearer token) and a
+deadline, and failures come back as our exceptions (``splitinfer.transport.error_for``: a
+``ServingError`` whose ``code`` names the gRPC status), never as gRPC errors. Nothing else in
+the client touches a stub or grpc, so a fake edge with the same four methods (a test's
+``MockTransport``) drives failover, breakers and re-planning without a network: pass it in
+``edges=`` instead of an address.
+
+``GrpcEdge`` is the real one: one ``grpc.aio`` channel per address from
+``splitinfer.transport.open_channel`` (TLS, token, message limits, ``round_robin`` with
+client-side health checking over every address a name resolves to). ``EdgeState`` wraps an
+``Edge`` with its breaker and counters; ``EdgePool`` rotates requests over the usable ones.
 """
 
 from __future__ import annotations
 
-import json
-import os
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Sequence
+import time
+import uuid
+from typing import TYPE_CHECKING, Any, Protocol, Sequence, runtime_checkable
 
 import grpc
+import grpc.aio
 
-from splitinfer.wire.v1 import service_pb2_grpc
+from splitinfer import transport
+from splitinfer.core.errors import ServingError
+from splitinfer.wire import convert
+from splitinfer.wire.v1 import inference_pb2, model_pb2, probe_pb2, service_pb2_grpc
 
-from .breaker import CLOSED, BreakerPolicy, CircuitBreaker
+from .breaker import CLOSED, OPEN, BreakerPolicy, CircuitBreaker
 
-__all__ = ["TLS", "Edge", "EdgePool", "MAX_MESSAGE_BYTES"]
+if TYPE_CHECKING:
+    from splitinfer.transport import TLS
 
-#: the edge node's default --max-message-bytes
-MAX_MESSAGE_BYTES = 64 << 20
-
-_SERVICE_CONFIG = json.dumps({
-    "loadBalancingConfig": [{"round_robin": {}}],
-    "healthCheckConfig": {"serviceName": ""},
-})
-
-
-@dataclass(frozen=True)
-class TLS:
-    """TLS to the edge: ``ca`` verifies the server (None: the system's roots); ``cert`` and
-    ``key`` are the client's own certificate for mutual TLS (the edge's --tls-client-ca);
-    ``server_name`` overrides the name checked against the server certificate."""
-
-    ca: str | os.PathLike[str] | None = None
-    cert: str | os.PathLike[str] | None = None
-    key: str | os.PathLike[str] | None = None
-    server_name: str | None = None
-
-    def __post_init__(self) -> None:
-        if (self.cert is None) != (self.key is None):
-            raise ValueError("TLS: cert and key go together (mutual TLS): give both or neither")
-
-    def credentials(self) -> grpc.ChannelCredentials:
-        return grpc.ssl_channel_credentials(
-            root_certificates=_read(self.ca, "ca"), private_key=_read(self.key, "key"),
-            certificate_chain=_read(self.cert, "cert"))
+__all__ = ["Edge", "EdgeStream", "GrpcEdge", "EdgeState", "EdgePool", "edge_error"]
 
 
-def _read(path: str | os.PathLike[str] | None, what: str) -> bytes | None:
-    if path is None:
-        return None
-    try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise ValueError(f"TLS {what} file {str(path)!r} cannot be read: {exc.strerror}") from exc
+class EdgeStream(Protocol):
+    """One ``InferStream`` call: requests go in, answers come back in request order."""
+
+    async def write(self, request: inference_pb2.InferRequest) -> None:
+        """Send one request; raises ``ServingError`` when the stream is broken."""
+
+    async def read(self) -> inference_pb2.InferResponse | None:
+        """The next answer, or None when the edge ended the stream; ``ServingError`` when the
+        call failed."""
+
+    async def done_writing(self) -> None:
+        """No more requests (the edge ends the stream after the last answer)."""
+
+    def cancel(self) -> None:
+        """Abandon the call now."""
 
 
-def as_tls(tls: Any) -> TLS | None:
-    """``tls`` as given by the caller: None/False, True (system roots), a dict, or a TLS."""
-    if tls is None or tls is False:
-        return None
-    if tls is True:
-        return TLS()
-    if isinstance(tls, TLS):
-        return tls
-    if isinstance(tls, dict):
-        unknown = set(tls) - {"ca", "cert", "key", "server_name"}
-        if unknown:
-            raise ValueError(f"tls has unknown keys {sorted(unknown)}; expected ca, cert, key, "
-                             f"server_name")
-        return TLS(**tls)
-    raise ValueError(f"tls is {tls!r}; expected None, True, a dict or device_client.TLS")
+@runtime_checkable
+class Edge(Protocol):
+    """An edge node as the client sees it. ``address`` names it in stats and messages."""
+
+    address: str
+
+    async def infer(self, request: inference_pb2.InferRequest, timeout: float
+                    ) -> inference_pb2.InferResponse:
+        """One ``Infer`` within ``timeout`` seconds."""
+
+    def infer_stream(self) -> EdgeStream:
+        """Open one ``InferStream`` call."""
+
+    async def model_info(self, model: str, version: str, timeout: float) -> convert.ModelInfo:
+        """``GetModelInfo`` for ``model`` (``version=""``: the newest it serves)."""
+
+    async def probe(self, size: int, timeout: float) -> float:
+        """Network seconds of one ``Probe`` echo of ``size`` bytes (the round trip minus the
+        edge's own time)."""
+
+    async def close(self) -> None:
+        """Release the connection."""
 
 
-class Edge:
-    """One edge address: its channel, stub, breaker and counters."""
+def edge_error(exc: grpc.aio.AioRpcError) -> ServingError:
+    """A gRPC failure as our exception (the status table's client side)."""
+    return transport.error_for(exc.code(), exc.details() or exc.code().name)
 
-    def __init__(self, address: str, *, tls: TLS | None, token: str | None,
-                 breaker: BreakerPolicy) -> None:
+
+class GrpcEdge:
+    """An ``Edge`` over gRPC: one channel to ``address`` (made on the running event loop)."""
+
+    def __init__(self, address: str, *, tls: TLS | None = None, token: str | None = None,
+                 max_message_bytes: int = transport.MAX_MESSAGE_BYTES) -> None:
         self.address = address
-        options = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                   ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                   ("grpc.service_config", _SERVICE_CONFIG),
-                   ("grpc.enable_retries", 0)]  # retries are the client's call (deadline aware)
-        if tls is not None:
-            if tls.server_name:
-                options.append(("grpc.ssl_target_name_override", tls.server_name))
-            self.channel = grpc.aio.secure_channel(address, tls.credentials(), options=options)
-        else:
-            self.channel = grpc.aio.insecure_channel(address, options=options)
-        self.stub = service_pb2_grpc.EdgeInferenceStub(self.channel)
-        self.metadata: tuple[tuple[str, str], ...] = (
-            (("authorization", f"Bearer {token}"),) if token else ())
+        self._conn = transport.open_channel(address, tls=tls, token=token,
+                                            max_message_bytes=max_message_bytes)
+        self._stub = service_pb2_grpc.EdgeInferenceStub(self._conn.channel)
+
+    async def infer(self, request: inference_pb2.InferRequest, timeout: float
+                    ) -> inference_pb2.InferResponse:
+        try:
+            reply: inference_pb2.InferResponse = await self._stub.Infer(
+                request, timeout=timeout, metadata=self._conn.metadata)
+        except grpc.aio.AioRpcError as exc:
+            raise edge_error(exc) from None
+        return reply
+
+    def infer_stream(self) -> EdgeStream:
+        return _GrpcStream(self._stub.InferStream(metadata=self._conn.metadata))
+
+    async def model_info(self, model: str, version: str, timeout: float) -> convert.ModelInfo:
+        try:
+            reply = await self._stub.GetModelInfo(
+                model_pb2.ModelInfoRequest(model=model, version=version), timeout=timeout,
+                metadata=self._conn.metadata)
+        except grpc.aio.AioRpcError as exc:
+            raise edge_error(exc) from None
+        return convert.parse_model_info(reply)
+
+    async def probe(self, size: int, timeout: float) -> float:
+        request = probe_pb2.ProbeRequest(probe_id=uuid.uuid4().hex, payload=bytes(size),
+                                         response_bytes=0)
+        start = time.perf_counter()
+        try:
+            reply = await self._stub.Probe(request, timeout=timeout, metadata=self._conn.metadata)
+        except grpc.aio.AioRpcError as exc:
+            raise edge_error(exc) from None
+        return max(time.perf_counter() - start - float(reply.server_s), 0.0)
+
+    async def close(self) -> None:
+        await self._conn.channel.close(grace=None)
+
+    def __repr__(self) -> str:
+        return f"GrpcEdge({self.address!r})"
+
+
+class _GrpcStream:
+    """``EdgeStream`` over one grpc.aio stream-stream call."""
+
+    def __init__(self, call: Any) -> None:
+        self._call = call
+
+    async def write(self, request: inference_pb2.InferRequest) -> None:
+        try:
+            await self._call.write(request)
+        except grpc.aio.AioRpcError as exc:
+            raise edge_error(exc) from None
+        except (RuntimeError, grpc.aio.UsageError) as exc:  # written after the call ended
+            raise ServingError(f"stream write failed ({exc})", code="UNAVAILABLE") from None
+
+    async def read(self) -> inference_pb2.InferResponse | None:
+        try:
+            reply = await self._call.read()
+        except grpc.aio.AioRpcError as exc:
+            raise edge_error(exc) from None
+        return None if reply is grpc.aio.EOF else reply
+
+    async def done_writing(self) -> None:
+        try:
+            await self._call.done_writing()
+        except grpc.aio.AioRpcError as exc:
+            raise edge_error(exc) from None
+
+    def cancel(self) -> None:
+        self._call.cancel()
+
+
+class EdgeState:
+    """One edge, as the client tracks it: the ``Edge``, its breaker and its counters."""
+
+    def __init__(self, edge: Edge, breaker: BreakerPolicy) -> None:
+        self.edge = edge
+        self.address = edge.address
         self.breaker = CircuitBreaker(breaker)
         self.version = ""             # the model version whose fingerprint matches ours
         self.requests = self.ok = self.failures = 0
         self.last_error = ""
         self.incompatible = ""        # set when the edge refused our model (re-checked later)
-        self.info: Any = None         # its last GetModelInfo answer for our version
+        self.info: convert.ModelInfo | None = None  # its last GetModelInfo for our version
 
     def usable(self) -> bool:
         """May a request go here now? (Takes the half-open trial slot when it says yes.)"""
@@ -124,47 +194,61 @@ class Edge:
         self.incompatible = self.last_error = why
         self.failures += 1
 
+    def serves(self, info: convert.ModelInfo) -> None:
+        """The edge serves our model as ``info``: use that version, take it back in."""
+        self.version, self.incompatible, self.info = info.version, "", info
+
     def succeeded(self) -> None:
         self.ok += 1
         self.breaker.record_success()
 
-    async def close(self) -> None:
-        await self.channel.close(grace=None)
+    def sending(self) -> None:
+        """A request goes to this edge now."""
+        self.requests += 1
+
+    def refused_request(self, why: str) -> None:
+        """The edge refused the request itself (INVALID_ARGUMENT...): nothing wrong with the
+        edge, but say what happened."""
+        self.last_error = why
+
+    def __repr__(self) -> str:
+        return f"EdgeState({self.address!r}, breaker={self.breaker.state})"
 
 
 class EdgePool:
     """The edges given, in order; ``pick`` rotates over the usable ones."""
 
-    def __init__(self, addresses: Sequence[str], **kwargs: Any) -> None:
-        self.check(addresses)
-        self.edges = [Edge(a, **kwargs) for a in addresses]
+    def __init__(self, edges: Sequence[Edge], breaker: BreakerPolicy) -> None:
+        addresses = [e.address for e in edges]
+        if len(set(addresses)) != len(addresses):
+            raise ValueError(f"edges lists an address twice: {addresses}")
+        self.states = [EdgeState(e, breaker) for e in edges]
         self._next = 0
 
-    @staticmethod
-    def check(addresses: Sequence[str]) -> None:
-        if not addresses:
-            raise ValueError("edges is empty; give at least one 'host:port'")
-        for a in addresses:
-            if not isinstance(a, str) or not a.strip() or any(ch.isspace() for ch in a):
-                raise ValueError(f"edge address {a!r}; expected 'host:port' (or a gRPC target "
-                                 f"such as 'dns:///edge.example:50051')")
-        if len(set(addresses)) != len(addresses):
-            raise ValueError(f"edges lists an address twice: {list(addresses)}")
-
-    def pick(self, exclude: set[Edge] | frozenset[Edge] = frozenset()) -> Edge | None:
+    def pick(self, exclude: set[EdgeState] | frozenset[EdgeState] = frozenset()
+             ) -> EdgeState | None:
         """The next usable edge not in ``exclude`` (round robin), or None."""
-        n = len(self.edges)
+        n = len(self.states)
         for i in range(n):
-            edge = self.edges[(self._next + i) % n]
-            if edge not in exclude and edge.usable():
+            state = self.states[(self._next + i) % n]
+            if state not in exclude and state.usable():
                 self._next = (self._next + i + 1) % n
-                return edge
+                return state
         return None
 
-    def primary(self) -> Edge | None:
-        """The first edge that is not incompatible (its profile drives planning)."""
-        return next((e for e in self.edges if not e.incompatible and e.version), None)
+    def primary(self) -> EdgeState | None:
+        """The first edge that serves our model (its profile drives planning)."""
+        return next((s for s in self.states if not s.incompatible and s.version), None)
+
+    def reachable(self) -> EdgeState | None:
+        """The first edge that serves our model and whose circuit is not open."""
+        return next((s for s in self.states if not s.incompatible and s.version
+                     and s.breaker.state != OPEN), None)
+
+    def any_usable_soon(self, exclude: set[EdgeState]) -> bool:
+        return any(s not in exclude and s.usable_soon() for s in self.states)
 
     async def close(self) -> None:
-        for edge in self.edges:
-            await edge.close()
+        for state in self.states:
+            await state.edge.close()
+

@@ -24,7 +24,7 @@ from __future__ import annotations
 import statistics
 from collections import deque
 
-from splitinfer.link import Link
+from splitinfer.core.link import Link
 
 __all__ = ["DeviceSpeed", "LinkEstimator"]
 

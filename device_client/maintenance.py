@@ -1,14 +1,14 @@
-"""The client's background duties: check edges, measure the link, plan and re-plan, probe back.
+"""The client's duties besides requests: check edges at connect, measure the link, make the first
+plan, and in the background keep the link estimate fresh, re-read the edge's profile, probe
+open circuit breakers back and re-check edges that were set aside.
 
 At connect: ``GetModelInfo`` on every edge (the version whose fingerprint is this bundle's; a
 wrong token, an unknown model or no matching fingerprint raise here, not later), a link
-measurement on the first edge that serves us, the profiles, the first plan. Then, every
-``probe_interval_s``, a tiny Probe keeps the RTT estimate fresh; every ``refresh_s`` the edge's
-tail times and queue delay are re-read; open circuit breakers are probed back; edges set aside
-are re-checked. Re-planning has hysteresis twice over: the link (or the device's speed,
-``DeviceSpeed``, fed by every request's device work) must move past the estimator's
-thresholds, and a new (cut, codec) must beat the current one by ``SWITCH_MARGIN``. Plans are
-made for the device profile scaled to the device's speed now.
+measurement on the first edge that serves us, the profiles, the first plan (``Session.start``).
+Then, with ``background`` on: every ``probe_interval_s`` a tiny Probe for the RTT (every
+``BANDWIDTH_PROBE_EVERY``-th time also one for the bandwidth), every ``refresh_s`` the edge's
+tail times and queue delay. Every edge call goes through the ``Edge`` seam; every finding goes
+to the ``Session``.
 """
 
 from __future__ import annotations
@@ -16,64 +16,71 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any, Coroutine
 
-import grpc
+from splitinfer.core.errors import (
+    EdgeUnavailable,
+    FingerprintMismatch,
+    ServingError,
+    SplitInferError,
+)
+from splitinfer.core.link import Link
+from splitinfer.core.profiles import EdgeProfile
 
-from splitinfer.errors import EdgeUnavailable, FingerprintMismatch, PlanningError
-from splitinfer.profiles import EdgeProfile
-from splitinfer.wire import convert
-from splitinfer.wire.v1 import model_pb2
-
-from ._errors import TRANSIENT, connect_error
 from .breaker import CLOSED
-from .edges import Edge
-from .estimator import LinkEstimator
-from .link_probe import measure_link_async, probe_async
-from .planning import ClientPlan, make_plan, objective_of, profile_cut_ids
+from .link_probe import measure_link
+from .planning import profile_cut_ids
+from .request_path import TRANSIENT
 
-__all__ = ["Maintenance", "SWITCH_MARGIN"]
+if TYPE_CHECKING:
+    from splitinfer.wire.convert import ModelInfo
+
+    from .device import Device
+    from .edges import EdgePool, EdgeState
+    from .session import Session
+
+__all__ = ["Maintenance", "BANDWIDTH_PROBE_EVERY"]
 
 log = logging.getLogger(__name__)
 
-#: a re-plan switches cut/codec only when the new choice is this much better (relative)
-SWITCH_MARGIN = 0.05
 #: every how many link probes one also measures bandwidth
 BANDWIDTH_PROBE_EVERY = 3
 _TICK_S = 0.05
+_HINTS = {"UNAUTHENTICATED": "; pass token= with the edge node's --token-file contents",
+          "NOT_FOUND": "; put the bundle in the edge node's model repository"}
 
 
 class Maintenance:
-    """Owns the edge checks, the plan and the background task of one AsyncSplitClient."""
+    """Connect-time checks and the background task of one client."""
 
-    def __init__(self, client: Any) -> None:
-        self.c = client
-        self.edge_profile: EdgeProfile | None = None
-        self.plan_link = None
-        self.plan_speed = 1.0  # the device speed factor the plan in force was made for
-        self._last_replan = 0.0
+    def __init__(self, session: Session, pool: EdgePool, device: Device) -> None:
+        self.session, self.pool, self.device = session, pool, device
+        self.options = session.options
         self._probes = 0
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._busy: set[Edge] = set()
+        self._busy: set[EdgeState] = set()
         self._loop_task: asyncio.Task[Any] | None = None
 
     def keep(self, task: asyncio.Task[Any]) -> None:
+        """Hold a reference to a background task until it ends (and cancel it at stop)."""
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     # -- connect ------------------------------------------------------------------------------
     async def start(self) -> None:
-        c = self.c
-        results = await asyncio.gather(*(self.check_edge(e, at_connect=True) for e in c.edges),
-                                       return_exceptions=True)
+        results = await asyncio.gather(
+            *(self.check_edge(s, at_connect=True) for s in self.pool.states),
+            return_exceptions=True)
         for r in results:
             if isinstance(r, BaseException):
                 raise r
-        if not any(results) and c.fallback == "error":
+        if not any(results) and self.options.fallback == "error":
             raise EdgeUnavailable("no edge reachable at connect: " + "; ".join(
-                f"{e.address}: {e.last_error}" for e in c.edges) + " (fallback is 'error')")
+                f"{s.address}: {s.last_error}" for s in self.pool.states)
+                + " (fallback is 'error')")
         await self.prepare()
-        self._loop_task = asyncio.get_running_loop().create_task(self._run())
+        if self.options.background:
+            self._loop_task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
         tasks = [t for t in (self._loop_task, *self._tasks) if t is not None]
@@ -81,217 +88,182 @@ class Maintenance:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _info(self, edge: Edge, version: str) -> convert.ModelInfo:
-        reply = await edge.stub.GetModelInfo(
-            model_pb2.ModelInfoRequest(model=self.c.manifest.name, version=version),
-            timeout=self.c.connect_timeout_s, metadata=edge.metadata)
-        return convert.parse_model_info(reply)
+    async def _info(self, state: EdgeState, version: str) -> ModelInfo:
+        return await state.edge.model_info(self.session.manifest.name, version,
+                                           self.options.connect_timeout_s)
 
-    async def check_edge(self, edge: Edge, *, at_connect: bool) -> bool:
+    async def check_edge(self, state: EdgeState, *, at_connect: bool) -> bool:
         """Find the edge's version with our fingerprint; False when unreachable or set aside."""
-        m = self.c.manifest
+        m = self.session.manifest
         try:
-            info = await self._info(edge, "")
+            info = await self._info(state, "")
             tried = [info.version]
             order = ([m.version] if m.version in info.versions else []) + list(info.versions)
             for version in order:
                 if info.fingerprint == m.fingerprint or version in tried:
                     continue
                 tried.append(version)
-                info = await self._info(edge, version)
+                info = await self._info(state, version)
             if info.fingerprint != m.fingerprint:
                 raise FingerprintMismatch(
-                    f"edge {edge.address} serves {m.name} versions {list(info.versions)}, none "
+                    f"edge {state.address} serves {m.name} versions {list(info.versions)}, none "
                     f"with this bundle's fingerprint {m.fingerprint[:16]}… (version "
                     f"{m.version}): put this bundle in the edge's model repository, or "
                     f"re-export the device's bundle from the model the edge serves")
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() in TRANSIENT:
-                edge.failed(f"{exc.code().name}: {exc.details()}")
-                edge.breaker.force_open()
-                log.warning("edge %s unreachable: %s", edge.address, edge.last_error)
-                return False
-            err = connect_error(edge.address, exc)
-            if at_connect:
-                raise err from None
-            edge.set_aside(str(err))
-            return False
-        except FingerprintMismatch as err:
+        except FingerprintMismatch as mismatch:
             if at_connect:
                 raise
-            edge.set_aside(str(err))
+            state.set_aside(str(mismatch))
             return False
-        edge.version, edge.incompatible, edge.info = info.version, "", info
-        if edge.breaker.state != CLOSED:
-            edge.breaker.probe_succeeded()
+        except ServingError as exc:
+            if exc.code in TRANSIENT:
+                state.failed(f"{exc.code}: {exc}")
+                state.breaker.force_open()
+                log.warning("edge %s unreachable: %s", state.address, state.last_error)
+                return False
+            err = _connect_error(state.address, exc)
+            if at_connect:
+                raise err from None
+            state.set_aside(str(err))
+            return False
+        state.serves(info)
+        if state.breaker.state != CLOSED:
+            state.breaker.probe_succeeded()
         return True
 
     async def prepare(self) -> None:
-        """Link, profiles and the first plan, from the first edge that serves us."""
-        c = self.c
-        edge = c._pool.primary()
-        if edge is None:
-            c._plan = self.local_plan("no edge reachable at connect")
+        """Link, profiles and the first plan, from the first edge that serves us and answers
+        its probes (one that fails them now is counted down and the next one measured)."""
+        s = self.session
+        while (state := self.pool.reachable()) is not None:
+            try:
+                link, _ = await measure_link(state.edge, timeout=self.options.connect_timeout_s)
+                break
+            except ServingError as exc:
+                if exc.code not in TRANSIENT:
+                    raise
+                state.failed(f"{exc.code}: {exc}")
+                state.breaker.force_open()
+                log.warning("edge %s failed its link probes: %s", state.address,
+                            state.last_error)
+        else:
+            if self.options.fallback == "error":
+                raise EdgeUnavailable("no edge answered its link probes at connect: " + "; ".join(
+                    f"{st.address}: {st.last_error}" for st in self.pool.states)
+                    + " (fallback is 'error')")
+            s.start(None, None)
             return
-        link, _ = await measure_link_async(edge.stub, timeout=c.connect_timeout_s,
-                                           metadata=edge.metadata)
-        c._estimator = LinkEstimator(link)
-        self.plan_link = link
-        if c.cut_id is None or c._codec_arg == "auto":
-            self.edge_profile = await self._edge_profile(edge, wait=True)
-            if c.device_profile is None:
-                ids = profile_cut_ids(len(c.manifest.cuts), c.cut_id, c.max_profile_cuts)
-                c.device_profile = await c.on_device_thread(c.runner.profile, ids, c.codecs,
-                                                            3, c.device_slowdown)
-        c._plan = self.make(link)
+        edge_profile = None
+        if s.cut_id is None or self.options.codec == "auto":
+            edge_profile = await self._edge_profile(state, wait=True)
+            if s.device_profile is None:
+                ids = profile_cut_ids(len(s.manifest.cuts), s.cut_id,
+                                      self.options.max_profile_cuts)
+                profile = await self.device.run(s.runner.profile, ids,
+                                                self.options.planned_codecs, 3,
+                                                self.device.slowdown)
+                if profile is not None:
+                    s.set_device_profile(profile)
+        s.start(link, edge_profile)
 
-    async def _edge_profile(self, edge: Edge, *, wait: bool) -> EdgeProfile:
+    async def measure_link(self, rounds: int = 3, sizes: list[int] | None = None
+                           ) -> tuple[Link, list[tuple[int, float]]]:
+        """Measure the link to the first edge that serves us now; the estimate restarts
+        from it."""
+        state = self.pool.primary()
+        if state is None:
+            raise EdgeUnavailable("no edge serves this bundle now: nothing to measure the "
+                                  "link to")
+        link, samples = await measure_link(state.edge, rounds, sizes=sizes,
+                                           timeout=max(self.options.connect_timeout_s, 30.0))
+        self.session.reset_link(link)
+        return link, samples
+
+    async def _edge_profile(self, state: EdgeState, *, wait: bool) -> EdgeProfile:
         """The edge's profile; with ``wait``, give its background tail profiling some time."""
-        info = edge.info
-        deadline = time.monotonic() + self.c.connect_timeout_s
+        info = state.info if state.info is not None else await self._info(state, state.version)
+        deadline = time.monotonic() + self.options.connect_timeout_s
         while wait and not info.tail_latency_s and time.monotonic() < deadline:
             await asyncio.sleep(0.2)
-            info = await self._info(edge, edge.version)
+            info = await self._info(state, state.version)
         return EdgeProfile.from_model_info(info)
-
-    # -- planning -----------------------------------------------------------------------------
-    def local_plan(self, why: str) -> ClientPlan:
-        c = self.c
-        fixed = c.cut_id is not None and c._codec_arg != "auto" \
-            and c.cut_id != c.runner.last_cut
-        if c.runner.kind == "torch" and not fixed:
-            last = c.runner.last_cut
-            return ClientPlan(last, c.manifest.cuts[last].name, None, f"device only: {why}")
-        return ClientPlan(c.cut_id, c.manifest.cuts[c.cut_id].name, c._codec_arg,
-                          f"fixed; {why}")
-
-    def make(self, link: Any) -> ClientPlan:
-        c = self.c
-        fixed = c.cut_id is not None and c._codec_arg != "auto"
-        names = [cut.name for cut in c.manifest.cuts]
-        if c.cut_id == c.runner.last_cut and c.runner.kind == "torch":
-            return self.local_plan("the cut given is the model's output")
-        if c.device_profile is None or self.edge_profile is None:
-            if fixed:
-                return ClientPlan(c.cut_id, names[c.cut_id], c._codec_arg, "fixed", link=link)
-            return self.local_plan("no profiles to plan from")
-        codec = None if c._codec_arg == "auto" else c._codec_arg
-        self.plan_speed = c.device_speed
-        device = c.device_profile if self.plan_speed == 1.0 else \
-            c.device_profile.scaled(self.plan_speed)
-        try:
-            return make_plan(device, self.edge_profile, link, cut=c.cut_id,
-                             codec=codec, objective=c.objective, constraints=c.constraints,
-                             cut_names=names)
-        except PlanningError as exc:
-            log.warning("planner: %s", exc)
-            if fixed:
-                return ClientPlan(c.cut_id, names[c.cut_id], c._codec_arg, "fixed", link=link)
-            return self.local_plan(f"planner found nothing: {exc}")
-
-    def maybe_replan(self, force: bool = False) -> None:
-        """Re-plan when the link or the device's speed moved past the hysteresis (or
-        ``force``); switch cut/codec only when the new choice is clearly better now."""
-        c, est = self.c, self.c._estimator
-        if not c.replan_enabled or est is None or c._plan is None or self.plan_link is None:
-            return
-        if c.cut_id is not None and c._codec_arg != "auto":
-            return  # nothing to choose
-        speed = c._speed
-        if not force and not est.moved(self.plan_link) \
-                and (speed is None or not speed.moved(self.plan_speed)):
-            return
-        link = est.link
-        self._last_replan, self.plan_link = time.monotonic(), link
-        new, cur = self.make(link), c._plan
-        c._stats.add(replans=1)
-        if new.plan is None:
-            return
-        if (new.cut_id, new.codec) == (cur.cut_id, cur.codec):
-            c._plan = new
-            return
-        now_value = objective_of(new.plan, cur.cut_id, cur.codec)
-        new_value = objective_of(new.plan, new.cut_id, new.codec)
-        if now_value is None or new_value is None or new_value < now_value * (1 - SWITCH_MARGIN):
-            log.info("link now %.1f ms, %.2f Mbit/s, device %.2fx its profile: switching from "
-                     "%s to %s", link.rtt_s * 1e3, link.bandwidth_bps / 1e6, self.plan_speed,
-                     cur.describe(), new.describe())
-            c._plan = new
-            c._stats.add(plan_switches=1)
 
     # -- background ---------------------------------------------------------------------------
     async def _run(self) -> None:
-        c = self.c
-        next_probe = time.monotonic() + c.probe_interval_s
-        next_refresh = time.monotonic() + c.refresh_s
+        interval, refresh = self.options.probe_interval_s, self.options.refresh_s
+        next_probe = time.monotonic() + interval
+        next_refresh = time.monotonic() + refresh
         while True:
             await asyncio.sleep(_TICK_S)
             now = time.monotonic()
-            for edge in c.edges:
-                recheck = edge.incompatible and now >= next_refresh
-                if edge not in self._busy and (edge.breaker.probe_due() or recheck):
-                    self._spawn(edge, self._probe_back(edge))
+            for state in self.pool.states:
+                recheck = bool(state.incompatible) and now >= next_refresh
+                if state not in self._busy and (state.breaker.probe_due() or recheck):
+                    self._spawn(state, self._probe_back(state))
             if now >= next_probe:
-                next_probe = now + c.probe_interval_s
+                next_probe = now + interval
                 self.keep(asyncio.get_running_loop().create_task(self._link_probe()))
             if now >= next_refresh:
-                next_refresh = now + c.refresh_s
+                next_refresh = now + refresh
                 self.keep(asyncio.get_running_loop().create_task(self._refresh()))
 
-    def _spawn(self, edge: Edge, coro: Any) -> None:
-        self._busy.add(edge)
+    def _spawn(self, state: EdgeState, coro: Coroutine[Any, Any, None]) -> None:
+        self._busy.add(state)
         task = asyncio.get_running_loop().create_task(coro)
-        task.add_done_callback(lambda _t: self._busy.discard(edge))
+        task.add_done_callback(lambda _t: self._busy.discard(state))
         self.keep(task)
 
-    async def _probe_back(self, edge: Edge) -> None:
-        c = self.c
-        if not edge.version or edge.incompatible:
-            had_primary = c._pool.primary() is not None
-            if await self.check_edge(edge, at_connect=False) and not had_primary:
+    async def _probe_back(self, state: EdgeState) -> None:
+        if not state.version or state.incompatible:
+            had_primary = self.pool.primary() is not None
+            if await self.check_edge(state, at_connect=False) and not had_primary:
                 await self.prepare()  # the first edge to serve us: measure and plan now
             return
         try:
-            await probe_async(edge.stub, 0, min(1.0, c.deadline_s * 2), edge.metadata)
-        except grpc.aio.AioRpcError:
-            edge.breaker.probe_failed()
-        else:
-            edge.breaker.probe_succeeded()
+            await state.edge.probe(0, min(1.0, self.options.deadline_s * 2))
+        except SplitInferError:
+            state.breaker.probe_failed()
+            return
+        state.breaker.probe_succeeded()
+        if self.session.link is None:  # no edge could be measured at connect: now one can
+            await self.prepare()
 
     async def _link_probe(self) -> None:
         """A tiny Probe for the RTT; every BANDWIDTH_PROBE_EVERY-th time also one that takes
         ~50 ms at the estimated bandwidth: when the plan sends only small messages, nothing
         else would notice the link getting faster."""
-        c = self.c
-        edge = c._pool.primary()
-        if edge is None or c._estimator is None or edge.breaker.state != CLOSED:
+        state = self.pool.primary()
+        if state is None or self.session.link is None or state.breaker.state != CLOSED:
             return
-        if c._stats.in_flight:
+        if self.session.stats.in_flight:
             return  # a probe queued behind a request's bytes would measure the queue
         self._probes += 1
+        interval = self.options.probe_interval_s
         try:
-            rtt = await probe_async(edge.stub, 0, min(1.0, c.probe_interval_s), edge.metadata)
-            c._estimator.add_rtt(rtt)
+            self.session.observe_rtt(await state.edge.probe(0, min(1.0, interval)))
             if self._probes % BANDWIDTH_PROBE_EVERY == 0:
-                size = int(min(max(c._estimator.link.bandwidth_bps / 8 * 0.05, 16 << 10),
-                               1 << 20))
-                took = await probe_async(edge.stub, size, max(1.0, c.probe_interval_s),
-                                         edge.metadata)
-                c._estimator.add_transfer(size, took)
-        except grpc.aio.AioRpcError:
+                size = self.session.bandwidth_probe_bytes()
+                took = await state.edge.probe(size, max(1.0, interval))
+                self.session.observe_transfer(size, took)
+        except SplitInferError:
             return  # requests, not probes, judge an edge's health
-        self.maybe_replan()
 
     async def _refresh(self) -> None:
-        edge = self.c._pool.primary()
-        if edge is None or self.edge_profile is None:
+        state = self.pool.primary()
+        if state is None or self.session.edge_profile is None:
             return
         try:
-            info = await self._info(edge, edge.version)
-        except grpc.aio.AioRpcError:
+            info = await self._info(state, state.version)
+        except SplitInferError:
             return
-        edge.info = info
-        new = EdgeProfile.from_model_info(info)
-        if new != self.edge_profile:
-            self.edge_profile = new
-            self.maybe_replan(force=True)
+        state.serves(info)
+        self.session.set_edge_profile(EdgeProfile.from_model_info(info))
+
+
+def _connect_error(address: str, exc: ServingError) -> SplitInferError:
+    """A connect-time refusal (wrong token, unknown model) as our exception, naming the edge;
+    codes without a class of their own become ``EdgeUnavailable``."""
+    message = f"edge {address} refused GetModelInfo: {exc.code}: {exc}{_HINTS.get(exc.code, '')}"
+    if type(exc) is ServingError:
+        return EdgeUnavailable(message)
+    return type(exc)(message, code=exc.code)

@@ -19,15 +19,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from splitinfer.bundle import Manifest, read_manifest
-from splitinfer.errors import BundleError, InvalidRequest, NotFound
-from splitinfer.spec import TensorSpec
+from splitinfer.core.errors import BundleError, InvalidRequest, NotFound
+from splitinfer.core.spec import TensorSpec, check_tensors
+from splitinfer.model.manifest import Manifest, read_manifest
 
 __all__ = ["OnnxSegments"]
 
 log = logging.getLogger(__name__)
 
-_INDEX_FORMAT = "splitinfer-onnx"  # splitinfer.onnx_export.INDEX_FORMAT (that module needs torch)
+_INDEX_FORMAT = "splitinfer-onnx"  # splitinfer.model.onnx_export.INDEX_FORMAT (that module needs torch)
 _INDEX_FORMAT_VERSION = 1
 _MAX_INDEX_BYTES = 4 << 20
 
@@ -125,28 +125,16 @@ class OnnxSegments:
                 f"cuts={list(self.cut_ids)})")
 
 
-def _check_inputs(specs: Sequence[TensorSpec], arrays: Sequence[np.ndarray], what: str
-                  ) -> list[np.ndarray]:
-    if isinstance(arrays, np.ndarray):
-        arrays = [arrays]
-    arrays = list(arrays)
-    if len(arrays) != len(specs):
-        raise InvalidRequest(f"{what} takes {len(specs)} array(s) "
-                             f"({[s.name for s in specs]}), got {len(arrays)}")
-    out = []
+def _check_inputs(specs: Sequence[TensorSpec], given: Sequence[np.ndarray] | np.ndarray,
+                  what: str) -> list[np.ndarray]:
+    """``given`` checked against ``specs`` (``check_tensors``), as contiguous numpy arrays."""
+    arrays: list[np.ndarray] = [given] if isinstance(given, np.ndarray) else list(given)
     for spec, a in zip(specs, arrays):
         if not isinstance(a, np.ndarray):
             raise InvalidRequest(f"{what}: {spec.name!r} must be a numpy array, got "
                                  f"{type(a).__name__}")
-        if a.dtype.name != spec.dtype:
-            raise InvalidRequest(f"{what}: {spec.name!r} must be {spec.dtype}, got "
-                                 f"{a.dtype.name}; convert it with .astype(np.{spec.dtype})")
-        if not spec.matches(tuple(a.shape), a.dtype.name):
-            raise InvalidRequest(f"{what}: {spec.name!r} has shape {list(a.shape)}, expected "
-                                 f"rank {len(spec.shape)} and shape {list(spec.shape)} "
-                                 "(-1 = any size)")
-        out.append(np.ascontiguousarray(a))
-    return out
+    check_tensors(specs, arrays, what, "input")
+    return [np.ascontiguousarray(a) for a in arrays]
 
 
 def _read_index(onnx_dir: Path, manifest: Manifest) -> dict[int, dict[str, Any]]:

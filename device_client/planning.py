@@ -13,10 +13,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from splitinfer.errors import PlanningError
-from splitinfer.link import Link
-from splitinfer.planner import Constraints, Plan, choose
-from splitinfer.profiles import DeviceProfile, EdgeProfile
+from splitinfer.core.errors import PlanningError
+from splitinfer.core.link import Link
+from splitinfer.core.planner import Candidate, Constraints, Plan, choose
+from splitinfer.core.profiles import DeviceProfile, EdgeProfile
 
 __all__ = ["ClientPlan", "make_plan", "load_device_profile", "profile_cut_ids",
            "device_work_s", "DEFAULT_CLIENT_CODECS"]
@@ -88,7 +88,7 @@ def make_plan(device: DeviceProfile, edge: EdgeProfile, link: Link, *, cut: int 
     if codec is not None:
         constraints = dataclasses.replace(constraints, codecs=(codec,))
     plan = choose(device, edge, link, objective=objective, constraints=constraints)
-    best = plan.alternatives[0]
+    best: Candidate | None = plan.alternatives[0]
     if cut is not None:
         best = next((a for a in plan.alternatives if a.cut_id == cut), None)
         if best is None:
@@ -97,6 +97,8 @@ def make_plan(device: DeviceProfile, edge: EdgeProfile, link: Link, *, cut: int 
         plan = dataclasses.replace(plan, cut_id=best.cut_id, cut_name=best.cut_name,
                                    codec=best.codec, predicted_s=best.breakdown.total_s,
                                    breakdown=best.breakdown)
+    if best is None:  # choose() raises rather than plan nothing: no alternative, no plan
+        raise PlanningError("the planner returned no candidate")
     return ClientPlan(cut_id=best.cut_id, cut_name=cut_names[best.cut_id], codec=best.codec,
                       reason="fixed" if cut is not None and codec is not None else "planner",
                       predicted_s=best.breakdown.total_s, link=link, plan=plan)
@@ -118,5 +120,7 @@ def device_work_s(profile: DeviceProfile | None, cut_id: int, codec: str | None
     if codec is None:
         return profile.cuts[-1].head_s
     cut = next((c for c in profile.cuts if c.cut_id == cut_id), None)
-    cost = None if cut is None else next((k for k in cut.codecs if k.codec == codec), None)
+    if cut is None:
+        return None
+    cost = next((k for k in cut.codecs if k.codec == codec), None)
     return None if cost is None else cut.head_s + cost.encode_s

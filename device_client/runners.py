@@ -10,51 +10,55 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
 import numpy as np
 
-from splitinfer.bundle import Manifest, read_manifest
 from splitinfer.codec import EncodedTensor, decode
-from splitinfer.errors import InvalidRequest
-from splitinfer.spec import TensorSpec
+from splitinfer.core.spec import check_tensors
+from splitinfer.model.manifest import Manifest, read_manifest
 
-__all__ = ["TorchRunner", "OnnxRunner", "make_runner"]
+__all__ = ["Runner", "TorchRunner", "OnnxRunner", "make_runner"]
 
 _NP_DTYPE = {"float32": np.float32, "float16": np.float16, "float64": np.float64,
              "int64": np.int64, "int32": np.int32, "int16": np.int16, "int8": np.int8,
              "uint8": np.uint8, "bool": np.bool_}
 
 
-def _dtype_name(x: Any) -> str:
-    dtype = getattr(x, "dtype", None)
-    if dtype is None:
-        return type(x).__name__
-    return str(dtype).removeprefix("torch.")
+if TYPE_CHECKING:
+    from splitinfer.core.profiles import DeviceProfile
 
 
-def check_inputs(inputs: Sequence[Any], specs: Sequence[TensorSpec], model: str) -> None:
-    """Raise InvalidRequest naming the input when count, dtype, rank or a fixed dim is off."""
-    if len(inputs) != len(specs):
-        names = ", ".join(s.name for s in specs)
-        raise InvalidRequest(f"{model} takes {len(specs)} input(s) ({names}); got {len(inputs)}")
-    batch = None
-    for x, spec in zip(inputs, specs):
-        shape = tuple(getattr(x, "shape", ()))
-        if not hasattr(x, "shape") or not hasattr(x, "dtype"):
-            raise InvalidRequest(f"input {spec.name!r} is a {type(x).__name__}; expected a numpy "
-                                 f"array or torch tensor of shape {list(spec.shape)}")
-        if _dtype_name(x) != spec.dtype:
-            raise InvalidRequest(f"input {spec.name!r} has dtype {_dtype_name(x)}; the model "
-                                 f"expects {spec.dtype}")
-        if len(shape) != len(spec.shape) or any(
-                want not in (-1, got) for want, got in zip(spec.shape, shape)):
-            raise InvalidRequest(f"input {spec.name!r} has shape {list(shape)}; the model "
-                                 f"expects {list(spec.shape)} (-1: any size)")
-        if shape and batch is not None and shape[0] != batch:
-            raise InvalidRequest(f"input {spec.name!r} has batch {shape[0]}, another input "
-                                 f"{batch}; all inputs share the batch dimension")
-        batch = shape[0] if shape else batch
+
+class Runner(Protocol):
+    """What the client needs from the device's model: heads, tails, decoding, a profile."""
+
+    kind: str
+    manifest: Manifest
+    last_cut: int
+    cut_ids: tuple[int, ...]
+
+    def prepare(self, inputs: Sequence[Any]) -> tuple[Any, ...]:
+        """The caller's inputs as this runner's arrays, checked against the input specs."""
+
+    def run_head(self, cut_id: int, inputs: Sequence[Any]) -> tuple[Any, ...]:
+        """The tensors that cross ``cut_id``."""
+
+    def can_run_tail(self, cut_id: int) -> bool:
+        """True when the tail of ``cut_id`` can run here (local fallback, shadow checks)."""
+
+    def run_tail(self, cut_id: int, crossing: Sequence[Any]) -> tuple[Any, ...]:
+        """The model's outputs from the tensors that cross ``cut_id``."""
+
+    def decode(self, enc: EncodedTensor) -> Any:
+        """One answer tensor, in this runner's array type."""
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        """An output as numpy (float outputs as float32), for shadow checks."""
+
+    def profile(self, cut_ids: Sequence[int], codecs: Sequence[str], repeats: int,
+                slowdown: float = 1.0) -> DeviceProfile | None:
+        """The device profile over ``cut_ids`` (None when this runner cannot plan)."""
 
 
 class TorchRunner:
@@ -65,7 +69,7 @@ class TorchRunner:
     def __init__(self, bundle_dir: str | Path) -> None:
         import torch  # noqa: F401  (fail here, clearly, when torch is missing)
 
-        from splitinfer.bundle import load_bundle
+        from splitinfer.model.bundle import load_bundle
 
         self.manifest: Manifest = read_manifest(bundle_dir)
         self.sm = load_bundle(bundle_dir)
@@ -77,7 +81,7 @@ class TorchRunner:
 
         inputs = tuple(torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray)
                        else x for x in inputs)
-        check_inputs(inputs, self.manifest.inputs, self.manifest.name)
+        check_tensors(self.manifest.inputs, inputs, f"{self.manifest.name}", "input")
         return inputs
 
     def run_head(self, cut_id: int, inputs: Sequence[Any]) -> tuple[Any, ...]:
@@ -91,16 +95,18 @@ class TorchRunner:
         return tuple(out) if isinstance(out, tuple) else (out,)
 
     def decode(self, enc: EncodedTensor) -> Any:
-        from splitinfer.codec import decode_torch
+        from splitinfer.model.tensors import decode_torch
 
         return decode_torch(enc)
 
     def to_numpy(self, x: Any) -> np.ndarray:
-        return x.detach().cpu().float().numpy() if x.is_floating_point() else x.cpu().numpy()
+        out: np.ndarray = x.detach().cpu().float().numpy() if x.is_floating_point() \
+            else x.cpu().numpy()
+        return out
 
     def profile(self, cut_ids: Sequence[int], codecs: Sequence[str], repeats: int,
                 slowdown: float = 1.0) -> Any:
-        from splitinfer.profiler import profile_device
+        from splitinfer.measure.profiler import profile_device
 
         return profile_device(self.sm, codecs=codecs, repeats=repeats, cut_ids=cut_ids,
                               slowdown=slowdown)
@@ -125,7 +131,7 @@ class OnnxRunner:
             if type(x).__module__.split(".")[0] == "torch":
                 x = x.detach().cpu().numpy()
             arrays.append(np.ascontiguousarray(x) if isinstance(x, np.ndarray) else x)
-        check_inputs(arrays, self.manifest.inputs, self.manifest.name)
+        check_tensors(self.manifest.inputs, arrays, f"{self.manifest.name}", "input")
         return tuple(arrays)
 
     def run_head(self, cut_id: int, inputs: Sequence[Any]) -> tuple[Any, ...]:

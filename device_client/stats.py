@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from splitinfer.link import Link
+from splitinfer.core.link import Link
 
 __all__ = ["ClientStats", "EdgeStats", "ShadowStats", "StatsRecorder"]
 
@@ -85,8 +85,9 @@ class StatsRecorder:
         self.bytes_sent = self.bytes_received = self.replans = self.plan_switches = 0
         self.fallback_reasons: dict[str, int] = {}
         self._latencies: deque[float] = deque(maxlen=_LATENCY_WINDOW)
-        self._shadow = {"checks": 0, "skipped": 0, "max": 0.0, "sum": 0.0, "top1_rows": 0,
-                        "top1_agree": 0, "top1_checks": 0}
+        self._shadow_counts = {"checks": 0, "skipped": 0, "top1_rows": 0, "top1_agree": 0,
+                               "top1_checks": 0}
+        self._shadow_errors = {"max": 0.0, "sum": 0.0}
 
     def started(self) -> None:
         with self._lock:
@@ -118,7 +119,7 @@ class StatsRecorder:
 
     def shadow_skipped(self) -> None:
         with self._lock:
-            self._shadow["skipped"] += 1
+            self._shadow_counts["skipped"] += 1
 
     def shadow(self, remote: tuple[np.ndarray, ...], local: tuple[np.ndarray, ...]) -> None:
         """Record one shadow check: remote (split) answer vs the local full-precision one."""
@@ -126,10 +127,10 @@ class StatsRecorder:
                    for r, q in zip(remote, local) if r.size and r.dtype.kind == "f"),
                   default=0.0)
         with self._lock:
-            s = self._shadow
+            s, e = self._shadow_counts, self._shadow_errors
             s["checks"] += 1
-            s["max"] = max(s["max"], err)
-            s["sum"] += err
+            e["max"] = max(e["max"], err)
+            e["sum"] += err
             first_r, first_l = remote[0], local[0]
             if first_r.ndim == 2 and first_r.shape[1] > 1 and first_r.dtype.kind == "f":
                 s["top1_checks"] += 1
@@ -140,10 +141,10 @@ class StatsRecorder:
                  edges: tuple[EdgeStats, ...], device_speed: float = 1.0) -> ClientStats:
         with self._lock:
             lat = np.array(self._latencies) if self._latencies else None
-            s = self._shadow
+            s, e = self._shadow_counts, self._shadow_errors
             shadow = ShadowStats(
-                checks=s["checks"], skipped=s["skipped"], max_abs_error=s["max"],
-                mean_max_abs_error=s["sum"] / s["checks"] if s["checks"] else 0.0,
+                checks=s["checks"], skipped=s["skipped"], max_abs_error=e["max"],
+                mean_max_abs_error=e["sum"] / s["checks"] if s["checks"] else 0.0,
                 top1_checks=s["top1_checks"],
                 top1_agreement=s["top1_agree"] / s["top1_rows"] if s["top1_rows"] else None)
             return ClientStats(

@@ -1,12 +1,14 @@
 """``stream()``: many frames, pipelined over one InferStream call per edge, answers in order.
 
-A producer takes frames from the caller, runs each head on the device thread and writes the
-request into the current edge's stream without waiting for its answer, so the head of frame
-n+1 runs while frame n is on the wire or at the edge; at most ``window`` frames are in flight.
-A reader per stream matches answers to frames (they come back in request order, with the
-request id). A watchdog fails a stream whose oldest frame passed its deadline (a hung edge).
-When a stream fails, its unanswered frames, in order, go to another edge where their deadline
-allows, else to the local tail, else to an error: each frame is answered exactly once.
+A producer takes frames from the caller, prepares each on the device thread (the request path's
+``prepare``: head, encoding, the request) and writes it into the current edge's stream without
+waiting for its answer, so the head of frame n+1 runs while frame n is on the wire or at the
+edge; at most ``window`` frames are in flight. A reader per stream matches answers to frames
+(they come back in request order, with the request id) and hands them to the request path
+(``read``, ``judge``), as a unary answer would be. A watchdog fails a stream whose oldest frame
+passed its deadline (a hung edge). When a stream fails, its unanswered frames, in order, go to
+another edge where their deadline allows, else to the local tail, else to an error: each frame
+is answered exactly once.
 """
 
 from __future__ import annotations
@@ -16,15 +18,20 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterable, AsyncIterator, Iterable
+from typing import TYPE_CHECKING, Any, AsyncIterable, AsyncIterator, Iterable
 
-import grpc
+from splitinfer.core.errors import ServingError
 
-from splitinfer.wire import convert
-
-from . import _errors
 from .breaker import OPEN
-from .edges import Edge
+from .request_path import Answer, Prepared, as_serving_error
+
+if TYPE_CHECKING:
+    from splitinfer.wire.v1 import inference_pb2
+
+    from .edges import EdgePool, EdgeState, EdgeStream
+    from .request_path import RequestPath
+    from .session import Session
+    from .stats import StatsRecorder
 
 __all__ = ["stream_frames"]
 
@@ -36,23 +43,20 @@ class _Frame:
     rid: str
     start: float
     deadline: float
-    future: asyncio.Future[Any]
-    cut_id: int = 0
-    codec: str | None = None
-    crossing: tuple[Any, ...] = ()
-    request: Any = None
-    tried: set[Edge] = field(default_factory=set)
+    future: asyncio.Future[Answer]
+    prepared: Prepared | None = None
+    tried: set[EdgeState] = field(default_factory=set)
     sent_at: float = 0.0
     alone: bool = False          # nothing else in flight when sent: its round trip is clean
     remote_deadline: float = 0.0
 
 
-class _Session:
+class _Lane:
     """One InferStream call to one edge, its pending frames, reader and watchdog."""
 
-    def __init__(self, run: _StreamRun, edge: Edge) -> None:
-        self.run, self.edge = run, edge
-        self.call = edge.stub.InferStream(metadata=edge.metadata)
+    def __init__(self, run: _StreamRun, state: EdgeState) -> None:
+        self.run, self.state = run, state
+        self.call: EdgeStream = state.edge.infer_stream()
         self.pending: deque[_Frame] = deque()
         self.dead = False
         self._wake = asyncio.Event()
@@ -60,34 +64,37 @@ class _Session:
         self._tasks = [loop.create_task(self._read()), loop.create_task(self._watch())]
 
     def usable(self) -> bool:
-        return not self.dead and not self.edge.incompatible and self.edge.breaker.state != OPEN
+        return not self.dead and not self.state.incompatible \
+            and self.state.breaker.state != OPEN
 
-    async def submit(self, frame: _Frame) -> None:
-        frame.request.version = self.edge.version
+    async def submit(self, frame: _Frame, prepared: Prepared) -> None:
+        request = self.run.path.sendable(self.state, prepared)
         frame.sent_at, frame.alone = time.monotonic(), not self.pending
-        self.edge.requests += 1
         self.pending.append(frame)
         self._wake.set()
         try:
-            await self.call.write(frame.request)
-        except (grpc.aio.AioRpcError, asyncio.InvalidStateError, RuntimeError) as exc:
-            self.fail("UNAVAILABLE", f"UNAVAILABLE: stream write failed ({exc})")
+            await self.call.write(request)
+        except Exception as exc:  # a broken stream: its frames go elsewhere
+            self.fail(as_serving_error(exc, self.state))
 
     async def _read(self) -> None:
         try:
             while True:
                 reply = await self.call.read()
-                if reply is grpc.aio.EOF:
+                if reply is None:
                     if self.pending:
-                        self.fail("UNAVAILABLE", "UNAVAILABLE: the edge ended the stream early")
+                        self.fail(ServingError("the edge ended the stream early",
+                                               code="UNAVAILABLE"))
                     return
                 if not self.pending or reply.request_id != self.pending[0].rid:
-                    self.fail("INTERNAL", f"INTERNAL: answer {reply.request_id!r} matches no "
-                                          f"frame in order")
+                    self.fail(ServingError(f"answer {reply.request_id!r} matches no frame in "
+                                           f"order", code="INTERNAL"))
                     return
-                self.run.answered(self, self.pending.popleft(), reply)
-        except grpc.aio.AioRpcError as exc:
-            self.fail(exc.code().name, f"{exc.code().name}: {exc.details()}")
+                await self.run.answered(self, self.pending.popleft(), reply)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.fail(as_serving_error(exc, self.state))
 
     async def _watch(self) -> None:
         while not self.dead:
@@ -98,29 +105,30 @@ class _Session:
             frame = self.pending[0]
             await asyncio.sleep(max(frame.remote_deadline - time.monotonic(), 0.0))
             if not self.dead and self.pending and self.pending[0] is frame:
-                self.fail("DEADLINE_EXCEEDED", "DEADLINE_EXCEEDED: no answer before the deadline")
+                self.fail(ServingError("no answer before the deadline",
+                                       code="DEADLINE_EXCEEDED"))
 
-    def fail(self, code: str, why: str) -> None:
+    def fail(self, error: ServingError) -> None:
         """Stop this stream; hand its unanswered frames back to the run, in order."""
         if self.dead:
             return
         self.dead = True
-        _errors.record(self.edge, grpc.StatusCode[code], why)
+        self.run.path.judge(self.state, error, "(stream)")
         self.call.cancel()
         frames, self.pending = list(self.pending), deque()
         for t in self._tasks:
             if t is not asyncio.current_task():
                 t.cancel()
-        self.run.redo(frames, code, f"{self.edge.address}: {why}")
+        self.run.redo(frames, error.code, f"{self.state.address}: {error.code}: {error}")
 
     async def finish(self) -> None:
-        """Normal end: no more writes; wait for the reader to see EOF, briefly."""
+        """Normal end: no more writes; wait for the reader to see the end, briefly."""
         if self.dead:
             return
         try:
             await self.call.done_writing()
             await asyncio.wait_for(asyncio.shield(self._tasks[0]), timeout=1.0)
-        except (asyncio.TimeoutError, grpc.aio.AioRpcError, asyncio.InvalidStateError):
+        except (asyncio.TimeoutError, ServingError):
             pass
         self.dead = True
         self.call.cancel()
@@ -131,25 +139,26 @@ class _Session:
 class _StreamRun:
     """The state of one ``stream()`` call."""
 
-    def __init__(self, client: Any) -> None:
-        self.c = client
-        self.session: _Session | None = None
-        self.sessions: list[_Session] = []
-        self.window = asyncio.Semaphore(client.window)
+    def __init__(self, path: RequestPath, pool: EdgePool) -> None:
+        self.path, self.pool = path, pool
+        self.session: Session = path.session
+        self.stats: StatsRecorder = path.stats
+        self.lane: _Lane | None = None
+        self.lanes: list[_Lane] = []
+        self.window = asyncio.Semaphore(path.options.window)
         self.out: asyncio.Queue[Any] = asyncio.Queue()
         self.frames: list[_Frame] = []
         self._tasks: set[asyncio.Task[Any]] = set()
 
-    # -- producing ------------------------------------------------------------------------
+    # -- producing ----------------------------------------------------------------------------
     async def produce(self, frames: Iterable[Any] | AsyncIterable[Any]) -> None:
-        c = self.c
         try:
             async for item in _aiter(frames):
                 await self.window.acquire()
                 now = time.monotonic()
-                frame = _Frame(uuid.uuid4().hex, now, now + c.deadline_s,
+                frame = _Frame(uuid.uuid4().hex, now, now + self.path.options.deadline_s,
                                asyncio.get_running_loop().create_future())
-                c._stats.started()
+                self.stats.started()
                 self.frames.append(frame)
                 await self.out.put(frame)
                 try:
@@ -162,112 +171,104 @@ class _StreamRun:
             await self.out.put(_END)
 
     async def _start(self, frame: _Frame, inputs: tuple[Any, ...]) -> None:
-        c = self.c
-        x = c.runner.prepare(inputs)
-        plan = c.plan
-        frame.cut_id, frame.codec = plan.cut_id, plan.codec
-        if plan.codec is None:
-            self.resolve(frame, await c.on_device(c.run_full, plan.cut_id, x,
-                                                  expect_s=c.expected_device_s(plan)), "device")
+        x = self.session.runner.prepare(inputs)
+        p = frame.prepared = await self.path.prepare(self.session.plan, x, frame.rid)
+        if p.request is None:
+            self.resolve(frame, Answer(p.outputs, "device", "device", device_s=p.device_s))
             return
-        frame.crossing, frame.request = await c.on_device(c.head_request, plan, x, frame.rid,
-                                                          expect_s=c.expected_device_s(plan))
-        await self.dispatch(frame, "NO_EDGE", "no usable edge")
+        await self.dispatch(frame, p, "NO_EDGE", "no usable edge")
 
-    async def dispatch(self, frame: _Frame, code: str, why: str) -> None:
+    async def dispatch(self, frame: _Frame, p: Prepared, code: str, why: str) -> None:
         """Send ``frame`` on a stream to an edge it has not tried, else fall back."""
-        c = self.c
-        remaining = frame.deadline - time.monotonic() - c.local_reserve_s(frame.cut_id)
-        session = self._session(frame) if remaining > 0.001 else None
-        if session is None:
-            await self.fall_back(frame, code, why)
+        remaining = frame.deadline - time.monotonic() - self.session.local_reserve_s(
+            p.plan.cut_id)
+        lane = self._lane(frame) if remaining > 0.001 else None
+        if lane is None:
+            await self.fall_back(frame, p, code, why)
             return
         if frame.tried:
-            c._stats.add(retries=1)
-        frame.tried.add(session.edge)
+            self.stats.add(retries=1)
+        frame.tried.add(lane.state)
         frame.remote_deadline = time.monotonic() + remaining
-        await session.submit(frame)
+        await lane.submit(frame, p)
 
-    def _session(self, frame: _Frame) -> _Session | None:
-        s = self.session
-        if s is not None and s.usable() and s.edge not in frame.tried:
-            return s
-        edge = self.c._pool.pick(frame.tried)
-        if edge is None:
+    def _lane(self, frame: _Frame) -> _Lane | None:
+        lane = self.lane
+        if lane is not None and lane.usable() and lane.state not in frame.tried:
+            return lane
+        state = self.pool.pick(frame.tried)
+        if state is None:
             return None
-        s = self.session = _Session(self, edge)
-        self.sessions.append(s)
-        return s
+        lane = self.lane = _Lane(self, state)
+        self.lanes.append(lane)
+        return lane
 
-    # -- answers --------------------------------------------------------------------------
-    def answered(self, session: _Session, frame: _Frame, reply: Any) -> None:
-        c = self.c
-        result = convert.parse_infer_response(reply)
-        if result.error is not None:
-            code = _errors.status_code(result.error.code)
-            why = f"{code.name}: {result.error.message}"
-            final = _errors.record(session.edge, code, why)
-            self.redo([frame], code.name, f"{session.edge.address}: {why}", final=final)
+    # -- answers ------------------------------------------------------------------------------
+    async def answered(self, lane: _Lane, frame: _Frame,
+                       reply: inference_pb2.InferResponse) -> None:
+        p = frame.prepared
+        if p is None:  # never sent without one; kept for the type checker's sake
+            raise RuntimeError(f"frame {frame.rid} was answered before it was prepared")
+        answer = await self.path.read(lane.state, p, reply, time.monotonic() - frame.sent_at,
+                                      clean=frame.alone)  # queued frames: not the network's
+        if isinstance(answer, ServingError):
+            final = self.path.judge(lane.state, answer, frame.rid)
+            self.redo([frame], answer.code,
+                      f"{lane.state.address}: {answer.code}: {answer}", final=final)
             return
-        session.edge.succeeded()
-        outs = tuple(c.runner.decode(o) for o in result.outputs)
-        if frame.alone:
-            c.observe(frame.request.ByteSize(), reply.ByteSize(),
-                      time.monotonic() - frame.sent_at, result.timing)
-        else:  # queued behind other frames: its round trip is not the network's
-            c._stats.add(bytes_sent=frame.request.ByteSize(), bytes_received=reply.ByteSize())
-        self.resolve(frame, outs, "edge")
-        c.maybe_shadow(frame.cut_id, frame.crossing, outs)
+        self.resolve(frame, answer)
+        self.path.maybe_shadow(p, answer.outputs)
 
     def redo(self, frames: list[_Frame], code: str, why: str, final: bool = False) -> None:
         """Frames a stream could not answer: elsewhere, in order (or fall back when final)."""
         async def again() -> None:
             for frame in frames:
+                if frame.prepared is None:
+                    continue
                 if final:
-                    await self.fall_back(frame, code, why)
+                    await self.fall_back(frame, frame.prepared, code, why)
                 else:
-                    await self.dispatch(frame, code, why)
+                    await self.dispatch(frame, frame.prepared, code, why)
 
         task = asyncio.get_running_loop().create_task(again())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def fall_back(self, frame: _Frame, code: str, why: str) -> None:
-        c = self.c
+    async def fall_back(self, frame: _Frame, p: Prepared, code: str, why: str) -> None:
         try:
-            outs = await c._fallback(frame.cut_id, frame.crossing, frame.rid, why, code)
+            answer = await self.path.fall_back(p, why, code)
         except Exception as exc:
             self.reject(frame, exc)
         else:
-            self.resolve(frame, outs, "local", code)
+            self.resolve(frame, answer)
 
-    def resolve(self, frame: _Frame, outs: tuple[Any, ...], outcome: str,
-                reason: str = "") -> None:
+    def resolve(self, frame: _Frame, answer: Answer) -> None:
         if not frame.future.done():
-            frame.future.set_result(outs)
-            self.c._stats.finished(outcome, time.monotonic() - frame.start, reason)
+            frame.future.set_result(answer)
+            self.stats.finished(answer.outcome, time.monotonic() - frame.start, answer.reason)
 
     def reject(self, frame: _Frame, exc: BaseException) -> None:
         if not frame.future.done():
             frame.future.set_exception(exc)
-            self.c._stats.finished("error", time.monotonic() - frame.start)
+            self.stats.finished("error", time.monotonic() - frame.start)
 
     async def close(self) -> None:
         for t in list(self._tasks):
             t.cancel()
-        for s in self.sessions:
-            await s.finish()
+        for lane in self.lanes:
+            await lane.finish()
         for frame in self.frames:  # frames the caller will never read
             if not frame.future.done():
                 frame.future.cancel()
-                self.c._stats.finished("cancelled", None)
+                self.stats.finished("cancelled", None)
             elif not frame.future.cancelled():
                 frame.future.exception()  # mark retrieved: no "never retrieved" warnings
 
 
-async def stream_frames(client: Any, frames: Iterable[Any] | AsyncIterable[Any]
-                        ) -> AsyncIterator[Any]:
-    run = _StreamRun(client)
+async def stream_frames(path: RequestPath, pool: EdgePool,
+                        frames: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[Any]:
+    """The outputs of ``frames``, in order (one output, or a tuple for several)."""
+    run = _StreamRun(path, pool)
     producer = asyncio.get_running_loop().create_task(run.produce(frames))
     try:
         while True:
@@ -277,9 +278,10 @@ async def stream_frames(client: Any, frames: Iterable[Any] | AsyncIterable[Any]
             if isinstance(item, Exception):
                 raise item
             try:
-                outs = await item.future
+                answer = await item.future
             finally:
                 run.window.release()
+            outs = answer.outputs
             yield outs[0] if len(outs) == 1 else outs
     finally:
         producer.cancel()
@@ -289,15 +291,14 @@ async def stream_frames(client: Any, frames: Iterable[Any] | AsyncIterable[Any]
 
 async def _aiter(frames: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[Any]:
     """The caller's frames as an async iterator; a blocking iterator is read in a thread."""
-    if hasattr(frames, "__aiter__"):
-        async for item in frames:  # type: ignore[union-attr]
+    if isinstance(frames, AsyncIterable):
+        async for item in frames:
             yield item
         return
-    it = iter(frames)  # type: ignore[arg-type]
+    it = iter(frames)
     loop = asyncio.get_running_loop()
     while True:
         item = await loop.run_in_executor(None, next, it, _END)
         if item is _END:
             return
         yield item
-

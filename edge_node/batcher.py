@@ -20,7 +20,7 @@ from typing import Callable, Hashable, Sequence
 
 import torch
 
-from splitinfer.errors import DeadlinePassed, Overloaded, ShuttingDown
+from splitinfer.core.errors import DeadlinePassed, Overloaded, ShuttingDown
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ class BatchResult:
 class _Item:
     tensors: Sequence[torch.Tensor]
     rows: int
-    future: Future
+    future: Future[BatchResult]
     enqueued: float
     deadline: float | None
 
@@ -71,9 +71,9 @@ class Batcher:
 
     # -- public -------------------------------------------------------------------------------
     def submit(self, key: Hashable, tensors: Sequence[torch.Tensor], rows: int,
-               deadline: float | None = None) -> Future:
+               deadline: float | None = None) -> Future[BatchResult]:
         """Queue one request (``rows`` = its batch size); ``deadline`` is time.monotonic()."""
-        future: Future = Future()
+        future: Future[BatchResult] = Future()
         with self._cv:
             if self._closed:
                 raise ShuttingDown("the edge node is shutting down and takes no new requests; "
@@ -182,7 +182,7 @@ class Batcher:
                 sizes = [i.rows for i in items]
                 if any(o.dim() == 0 or o.shape[0] != rows for o in joined):
                     raise RuntimeError(f"a batched output lost the batch dim ({rows} rows)")
-                outputs = list(zip(*(o.split(sizes) for o in joined)))
+                outputs = list(zip(*(torch.split(o, sizes) for o in joined)))
         except Exception as exc:
             for item in items:
                 item.future.set_exception(exc)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 ENV_PREFIX = "SPLITINFER_EDGE_"
 
@@ -85,7 +85,7 @@ def _bool(text: str) -> bool:
 
 
 # flag, type, help — dests and env names follow from the flag
-_FLAGS: list[tuple[str, type | object, str]] = [
+_FLAGS: list[tuple[str, Callable[[str], Any], str]] = [
     ("--model-repository", str, "directory of bundles: <repo>/<name>/<version>/ (required)"),
     ("--listen", str, "gRPC address HOST:PORT (port 0 picks a free one)"),
     ("--metrics-port", int, "Prometheus /metrics port on all interfaces (0 = off)"),
@@ -144,7 +144,7 @@ def parse_config(argv: Sequence[str] | None = None,
         env = ENV_PREFIX + dest.upper()
         if value is None and environ.get(env, "") != "":
             try:
-                value = kind(environ[env])  # type: ignore[operator]
+                value = kind(environ[env])
             except (ValueError, argparse.ArgumentTypeError) as exc:
                 parser.error(f"{env}={environ[env]!r}: {exc}")
         if value is not None:

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 from typing import Sequence
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from splitinfer import transport
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,41 +35,57 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _open_channel(address: str, tls_ca: str | None) -> grpc.Channel:
-    if tls_ca is None:
-        return grpc.insecure_channel(address)
-    with open(tls_ca, "rb") as f:
-        creds = grpc.ssl_channel_credentials(root_certificates=f.read())
-    return grpc.secure_channel(address, creds)
+@dataclass(frozen=True)
+class Health:
+    """One Health/Check answer: the serving ``status``, or the ``error`` code of the failed
+    call and its ``details``."""
+
+    status: int | None
+    error: grpc.StatusCode | None = None
+    details: str = ""
+
+
+def health_status(address: str, service: str = "", timeout: float = 3.0,
+                  tls_ca: str | None = None) -> Health:
+    """One Health/Check call on a fresh channel for ``service`` (``""``: the server)."""
+    # not balanced: the health-checking service config would turn NOT_SERVING into UNAVAILABLE
+    conn = transport.open_blocking_channel(
+        address, tls=None if tls_ca is None else transport.TLS(ca=tls_ca), balanced=False)
+    with conn.channel as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            # types-grpcio-health-checking declares HealthStub without its methods
+            reply: health_pb2.HealthCheckResponse = stub.Check(  # type: ignore[attr-defined]
+                health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+        except grpc.RpcError as exc:
+            return Health(None, exc.code(), exc.details() or "")
+    return Health(int(reply.status))
 
 
 def check_health(address: str, service: str = "", timeout: float = 3.0,
                  tls_ca: str | None = None) -> tuple[bool, str]:
-    """One Health/Check call: (serving, a one-line reason)."""
+    """``health_status`` as (serving, a one-line reason)."""
     label = f"service {service!r}" if service else "server"
-    with _open_channel(address, tls_ca) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        try:
-            reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
-        except grpc.RpcError as exc:
-            code = exc.code()
-            if code == grpc.StatusCode.NOT_FOUND:
-                return False, f"{address}: {label} is UNKNOWN to the health service"
-            if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-                return False, f"{address}: no answer within {timeout:g}s (timeout)"
-            if code == grpc.StatusCode.UNAVAILABLE:
-                return False, (f"{address}: cannot connect (connection refused or "
-                               f"unreachable): {exc.details()}")
-            return False, f"{address}: health check failed: {code.name}: {exc.details()}"
-    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
-    return reply.status == health_pb2.HealthCheckResponse.SERVING, f"{address}: {label} {status}"
+    h = health_status(address, service, timeout, tls_ca)
+    if h.status is None:
+        if h.error == grpc.StatusCode.NOT_FOUND:
+            return False, f"{address}: {label} is UNKNOWN to the health service"
+        if h.error == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return False, f"{address}: no answer within {timeout:g}s (timeout)"
+        if h.error == grpc.StatusCode.UNAVAILABLE:
+            return False, (f"{address}: cannot connect (connection refused or unreachable): "
+                           f"{h.details}")
+        name = h.error.name if h.error is not None else "UNKNOWN"
+        return False, f"{address}: health check failed: {name}: {h.details}"
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(h.status)
+    return h.status == health_pb2.HealthCheckResponse.SERVING, f"{address}: {label} {status}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         ok, reason = check_health(args.address, args.service, args.timeout, args.tls_ca)
-    except OSError as exc:  # unreadable --tls-ca
+    except (OSError, ValueError) as exc:  # unreadable --tls-ca
         ok, reason = False, f"cannot read --tls-ca {args.tls_ca!r}: {exc}"
     print(reason, file=sys.stdout if ok else sys.stderr)
     return 0 if ok else 1

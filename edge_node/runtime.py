@@ -12,20 +12,23 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from torch import nn
 
-from splitinfer.bundle import load_bundle
-from splitinfer.errors import BundleError, InvalidRequest, NotFound
-from splitinfer.profiler import profile_edge_locally
-from splitinfer.spec import Cut
+from splitinfer.core.errors import BundleError, NotFound
+from splitinfer.core.spec import Cut, check_tensors
+from splitinfer.measure.profiler import profile_edge_locally
+from splitinfer.model.bundle import load_bundle
+
+if TYPE_CHECKING:
+    from splitinfer.model.split_model import SplitModel
 
 log = logging.getLogger(__name__)
 
 
-def _version_key(version: str) -> tuple:
+def _version_key(version: str) -> tuple[int, int, str]:
     """Numeric versions sort as numbers and after non-numeric ones: '10' > '9' > 'beta'."""
     return (1, int(version), "") if version.isdigit() else (0, 0, version)
 
@@ -37,18 +40,18 @@ class LoadedModel:
     name: str
     version: str
     path: Path
-    split: object  # splitinfer.partition.SplitModel
+    split: SplitModel
     load_time_s: float
     tail_latency_s: dict[int, float] = field(default_factory=dict)
     profiled: threading.Event = field(default_factory=threading.Event)
 
     @property
     def fingerprint(self) -> str:
-        return self.split.fingerprint  # type: ignore[attr-defined]
+        return self.split.fingerprint
 
     @property
     def cuts(self) -> list[Cut]:
-        return self.split.cuts  # type: ignore[attr-defined]
+        return self.split.cuts
 
     def cut(self, cut_id: int) -> Cut:
         if not 0 <= cut_id < len(self.cuts):
@@ -56,27 +59,11 @@ class LoadedModel:
                            f"are 0..{len(self.cuts) - 1}")
         return self.cuts[cut_id]
 
-    def check_inputs(self, cut_id: int, tensors: Sequence[torch.Tensor],
-                     names: Sequence[str]) -> None:
+    def check_inputs(self, cut_id: int, tensors: Sequence[torch.Tensor]) -> None:
         """The request's tensors must be exactly the cut's: count, order, dtype, shape."""
         cut = self.cut(cut_id)
-        if len(tensors) != len(cut.tensors):
-            raise InvalidRequest(f"cut {cut_id} ({cut.name}) of {self.name} v{self.version} "
-                                 f"takes {len(cut.tensors)} tensor(s) "
-                                 f"{[t.name for t in cut.tensors]}, got {len(tensors)}")
-        batch = None
-        for spec, t, name in zip(cut.tensors, tensors, names):
-            dtype = str(t.dtype).replace("torch.", "")
-            if not spec.matches(tuple(t.shape), dtype):
-                raise InvalidRequest(f"tensor {name!r} for cut {cut_id} ({cut.name}): got "
-                                     f"{list(t.shape)}:{dtype}, expected {list(spec.shape)}:"
-                                     f"{spec.dtype} (-1 = any size)")
-            if t.dim() and spec.shape and spec.shape[0] == -1:
-                if batch is None:
-                    batch = t.shape[0]
-                elif t.shape[0] != batch:
-                    raise InvalidRequest(f"tensor {name!r}: batch {t.shape[0]} differs from "
-                                         f"the first tensor's batch {batch}")
+        check_tensors(cut.tensors, tensors, f"cut {cut_id} ({cut.name}) of {self.name} "
+                                            f"v{self.version}")
 
 
 class TailCache:
@@ -93,7 +80,7 @@ class TailCache:
             if key in self._items:
                 self._items.move_to_end(key)
                 return self._items[key]
-        module = model.split.tail(cut_id, cache=False)  # type: ignore[attr-defined]
+        module = model.split.tail(cut_id, cache=False)
         with self._lock:
             self._items[key] = module
             self._items.move_to_end(key)
@@ -112,7 +99,7 @@ def profile_tails(model: LoadedModel, repeats: int) -> dict[int, float]:
     being the median over runs of the time after it): cheap even for hundreds of cuts.
     """
     sm = model.split
-    inputs = tuple(t[:1].to(sm.device) for t in sm.example_inputs)  # type: ignore[attr-defined]
+    inputs = tuple(t[:1].to(sm.device) for t in sm.example_inputs)
     return dict(profile_edge_locally(sm, inputs, repeats=repeats).tail_s)
 
 
@@ -134,7 +121,8 @@ class ModelRepository:
         self.device = device
         self.tails = TailCache(cache_size)
         self._models: dict[str, dict[str, LoadedModel]] = {}
-        self._failed: dict[Path, tuple] = {}  # bundle dir -> its _stamp when it failed to load
+        # bundle dir -> its _stamp when it failed to load
+        self._failed: dict[Path, tuple[tuple[str, int, int], ...]] = {}
         self._lock = threading.Lock()
 
     def _bundle_dirs(self) -> list[tuple[str, str, Path]]:

@@ -11,26 +11,20 @@ import asyncio
 import logging
 import time
 import uuid
-from typing import Any, AsyncIterator
+from typing import TYPE_CHECKING, Any, AsyncIterator, Sequence
 
 import grpc
 import torch
 
-from splitinfer.codec import Limits, decode_torch, get_codec, list_codecs
-from splitinfer.errors import (
-    CodecError,
-    FingerprintMismatch,
-    NotFound,
-    PartitionError,
-    ServingError,
-    ShuttingDown,
-    WireError,
-)
-from splitinfer.timing import StageTiming
+from splitinfer import transport
+from splitinfer.codec import Limits, get_codec, list_codecs
+from splitinfer.core.errors import FingerprintMismatch, NotFound, ShuttingDown
+from splitinfer.core.timing import StageTiming
+from splitinfer.model.tensors import decode_torch
 from splitinfer.wire import convert
 from splitinfer.wire.v1 import inference_pb2, model_pb2, probe_pb2, service_pb2_grpc
 
-from .batcher import Batcher, BatchResult
+from .batcher import Batcher, BatchResult, RunFn
 from .config import EdgeConfig
 from .metrics import EdgeMetrics
 from .runtime import ModelRepository
@@ -40,15 +34,19 @@ log = logging.getLogger(__name__)
 #: most requests one InferStream keeps in progress before it stops reading more
 STREAM_WINDOW = 64
 
+if TYPE_CHECKING:  # grpc's classes are not generic at run time
+    from typing import TypeAlias
+
+    _InferContext: TypeAlias = grpc.aio.ServicerContext[inference_pb2.InferRequest,
+                                                        inference_pb2.InferResponse]
+
 
 def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    """The one mapping from our exceptions to gRPC status codes (ARCHITECTURE.md's table)."""
-    if isinstance(exc, ServingError):
-        return grpc.StatusCode[exc.code], str(exc)
-    if isinstance(exc, (CodecError, WireError, PartitionError)):
-        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
-    log.error("internal error: %s", exc, exc_info=exc)
-    return grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__}: {exc})"
+    """``splitinfer.transport.status_of`` (the one status table), logging what is not ours."""
+    code, message = transport.status_of(exc)
+    if code == grpc.StatusCode.INTERNAL:
+        log.error("internal error: %s", exc, exc_info=exc)
+    return code, message
 
 
 class EdgeServicer(service_pb2_grpc.EdgeInferenceServicer):
@@ -69,7 +67,7 @@ class EdgeServicer(service_pb2_grpc.EdgeInferenceServicer):
 
     # -- Infer --------------------------------------------------------------------------------
     async def _infer(self, request: inference_pb2.InferRequest,
-                     context: grpc.aio.ServicerContext) -> inference_pb2.InferResponse:
+                     context: _InferContext) -> inference_pb2.InferResponse:
         t0 = time.perf_counter()
         if self.draining:
             raise ShuttingDown("the edge node is shutting down and takes no new requests; "
@@ -91,7 +89,7 @@ class EdgeServicer(service_pb2_grpc.EdgeInferenceServicer):
                     "the head was built from another model; reload the bundle")
             cut = model.cut(call.cut_id)
             tensors = [decode_torch(e, self.limits) for e in call.tensors]
-            model.check_inputs(cut.id, tensors, [e.name for e in call.tensors])
+            model.check_inputs(cut.id, tensors)
             for e in call.tensors:
                 self.metrics.bytes_in.labels(e.codec).inc(len(e.payload))
             t1 = time.perf_counter()
@@ -123,7 +121,7 @@ class EdgeServicer(service_pb2_grpc.EdgeInferenceServicer):
                                             timing=timing, version=model.version)
 
     async def Infer(self, request: inference_pb2.InferRequest,
-                    context: grpc.aio.ServicerContext) -> inference_pb2.InferResponse:
+                    context: _InferContext) -> inference_pb2.InferResponse:
         self.metrics.in_flight.inc()
         try:
             return await self._infer(request, context)
@@ -139,7 +137,7 @@ class EdgeServicer(service_pb2_grpc.EdgeInferenceServicer):
 
     # -- InferStream --------------------------------------------------------------------------
     async def _stream_item(self, request: inference_pb2.InferRequest,
-                           context: grpc.aio.ServicerContext) -> inference_pb2.InferResponse:
+                           context: _InferContext) -> inference_pb2.InferResponse:
         self.metrics.in_flight.inc()
         try:
             return await self._infer(request, context)
@@ -154,7 +152,7 @@ class EdgeServicer(service_pb2_grpc.EdgeInferenceServicer):
             self.metrics.in_flight.dec()
 
     async def InferStream(self, request_iterator: AsyncIterator[inference_pb2.InferRequest],
-                          context: grpc.aio.ServicerContext
+                          context: _InferContext
                           ) -> AsyncIterator[inference_pb2.InferResponse]:
         """Answers in request order; up to STREAM_WINDOW requests are worked on at once."""
         pending: asyncio.Queue[Any] = asyncio.Queue(maxsize=STREAM_WINDOW)
@@ -185,7 +183,9 @@ class EdgeServicer(service_pb2_grpc.EdgeInferenceServicer):
 
     # -- GetModelInfo and Probe ---------------------------------------------------------------
     async def GetModelInfo(self, request: model_pb2.ModelInfoRequest,
-                           context: grpc.aio.ServicerContext) -> model_pb2.ModelInfoResponse:
+                           context: grpc.aio.ServicerContext[model_pb2.ModelInfoRequest,
+                                                             model_pb2.ModelInfoResponse]
+                           ) -> model_pb2.ModelInfoResponse:
         try:
             model = self.repo.get(request.model, request.version)
             sm = model.split
@@ -201,7 +201,9 @@ class EdgeServicer(service_pb2_grpc.EdgeInferenceServicer):
             raise
 
     async def Probe(self, request: probe_pb2.ProbeRequest,
-                    context: grpc.aio.ServicerContext) -> probe_pb2.ProbeResponse:
+                    context: grpc.aio.ServicerContext[probe_pb2.ProbeRequest,
+                                                      probe_pb2.ProbeResponse]
+                    ) -> probe_pb2.ProbeResponse:
         start = time.perf_counter()
         if not 0 <= request.response_bytes <= self.config.max_probe_bytes:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
@@ -214,11 +216,11 @@ class EdgeServicer(service_pb2_grpc.EdgeInferenceServicer):
                                        server_s=time.perf_counter() - start)
 
 
-def make_run(repo: ModelRepository, device: str):
+def make_run(repo: ModelRepository, device: str) -> RunFn:
     """The batcher's compute function: look up the tail, run it (on ``device``), return CPU."""
     target = torch.device(device)
 
-    def run(key: Any, tensors: Any) -> tuple[torch.Tensor, ...]:
+    def run(key: Any, tensors: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
         name, version, cut_id = key[:3]
         model = repo.get(name, version)
         tail = repo.tails.get(model, cut_id)

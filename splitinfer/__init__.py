@@ -6,13 +6,19 @@ Importing the package is cheap and torch-free; the torch-based parts load on fir
     sm = splitinfer.partition(model, example_inputs=(x,))
     splitinfer.save_bundle(sm, "bundle/")
     sm2 = splitinfer.load_bundle("bundle/")
+
+The library is in layers, one subpackage each (``docs/architecture.md``): ``core`` (values,
+errors, link, profiles, planner), ``codec``, ``model`` (capture, cuts, bundles, ONNX), ``wire``
+(protobuf), ``measure`` (profiler), ``transport`` (gRPC); ``tools`` is the CLI and the demos.
+The names below are the public API, re-exported here from the layer that defines them.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
-from .errors import (
+from splitinfer.core.errors import (
     BundleError,
     CodecError,
     LimitExceeded,
@@ -20,31 +26,38 @@ from .errors import (
     SplitInferError,
     WireError,
 )
-from .spec import Cut, TensorSpec
+from splitinfer.core.spec import Cut, TensorSpec
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "partition", "SplitModel", "save_bundle", "load_bundle", "export_bundle",
-    "get_codec", "decode", "Limits", "EncodedTensor",
-    "Cut", "TensorSpec",
-    "SplitInferError", "PartitionError", "BundleError", "CodecError", "LimitExceeded",
-    "WireError",
-]
-
+#: public name -> the module that defines it (imported on first use: torch only when needed)
 _LAZY = {
-    "partition": "partition", "SplitModel": "partition",
-    "save_bundle": "bundle", "load_bundle": "bundle", "export_bundle": "bundle",
-    "get_codec": "codec", "decode": "codec", "Limits": "codec", "EncodedTensor": "codec",
+    "partition": "splitinfer.model.split_model", "SplitModel": "splitinfer.model.split_model",
+    "save_bundle": "splitinfer.model.bundle", "load_bundle": "splitinfer.model.bundle",
+    "export_bundle": "splitinfer.model.bundle",
+    "Manifest": "splitinfer.model.manifest", "read_manifest": "splitinfer.model.manifest",
+    "decode_torch": "splitinfer.model.tensors",
+    "get_codec": "splitinfer.codec", "list_codecs": "splitinfer.codec",
+    "decode": "splitinfer.codec", "Limits": "splitinfer.codec",
+    "EncodedTensor": "splitinfer.codec",
+    "choose": "splitinfer.core.planner", "Plan": "splitinfer.core.planner",
+    "Constraints": "splitinfer.core.planner", "Link": "splitinfer.core.link",
+    "DeviceProfile": "splitinfer.core.profiles", "EdgeProfile": "splitinfer.core.profiles",
+    "profile_device": "splitinfer.measure.profiler",
 }
+
+__all__ = [*_LAZY, "Cut", "TensorSpec", "SplitInferError", "PartitionError", "BundleError",
+           "CodecError", "LimitExceeded", "WireError"]
 
 
 def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'splitinfer' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

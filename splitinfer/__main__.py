@@ -2,6 +2,6 @@
 
 import sys
 
-from .cli import main
+from splitinfer.tools.cli import main
 
 sys.exit(main())

@@ -22,9 +22,9 @@ from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 from google.protobuf.message import DecodeError, Message
 
 from splitinfer.codec import EncodedTensor
-from splitinfer.errors import WireError
-from splitinfer.spec import DTYPES, Cut, TensorSpec
-from splitinfer.timing import StageTiming
+from splitinfer.core.errors import WireError
+from splitinfer.core.spec import DTYPES, Cut, TensorSpec
+from splitinfer.core.timing import StageTiming
 from splitinfer.wire.v1 import inference_pb2, model_pb2, tensor_pb2
 
 __all__ = [
@@ -196,7 +196,9 @@ def encoded_from_proto(msg: tensor_pb2.Tensor, where: str = "Tensor") -> Encoded
     dtype = _check_dtype(f"{where}: field 'dtype'", msg.dtype)
     codec = _check_codec(f"{where}: field 'codec'", msg.codec)
     shape = _check_shape(f"{where}: field 'shape'", msg.shape, lowest=0)
-    axis, scales, zero_points = None, (), ()
+    axis: int | None = None
+    scales: tuple[float, ...] = ()
+    zero_points: tuple[int, ...] = ()
     if msg.HasField("quant"):
         axis, scales, zero_points = _check_quant(where, msg.quant, shape)
     return EncodedTensor(name=name, dtype=dtype, shape=shape, codec=codec, payload=msg.payload,

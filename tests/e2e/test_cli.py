@@ -1,4 +1,8 @@
-"""The `splitinfer` entry point as users run it: export a bundle, inspect it, run the demo."""
+"""The `splitinfer` entry point as users run it: export a bundle, inspect it, run the demo.
+
+Its stdout is a pipe here, so the output is the plain kind (no colour, no box drawing) that
+scripts and logs read.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +15,13 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+#: rich's switches that would make a pipe count as a terminal
+TERMINAL_ENV = ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE")
 
 
 def _run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {k: v for k, v in os.environ.items() if k not in TERMINAL_ENV}
+    env["PYTHONPATH"] = str(ROOT)
     proc = subprocess.run([sys.executable, "-m", "splitinfer", *args], capture_output=True,
                           text=True, env=env, cwd=ROOT, timeout=600)
     if check and proc.returncode != 0:
@@ -51,12 +58,25 @@ def test_export_then_load_and_inspect(tmp_path):
 
 def test_export_multi_input_model_with_int_inputs(tmp_path):
     out = tmp_path / "tio"
-    _run("export", "tests.models:TwoInTwoOut", "--example-shape", "1,5,4",
-         "--example-shape", "1,5", "--example-dtype", "float32", "--example-dtype", "int64",
-         "--int-high", "2", "-o", str(out))
+    proc = _run("export", "tests.models:TwoInTwoOut", "--example-shape", "1,5,4",
+                "--example-shape", "1,5", "--example-dtype", "float32", "--example-dtype",
+                "int64", "--int-high", "2", "-o", str(out), "--json")
     manifest = json.loads((out / "manifest.json").read_text())
     assert [i["dtype"] for i in manifest["inputs"]] == ["float32", "int64"]
     assert [o["name"] for o in manifest["outputs"]] == ["hidden", "logits"]
+    # --json: stdout is the summary alone, the messages went to stderr
+    assert json.loads(proc.stdout) == {
+        "bundle": str(out), "name": "TwoInTwoOut", "version": "1",
+        "fingerprint": manifest["fingerprint"], "cuts": len(manifest["cuts"]), "onnx": []}
+    assert "wrote bundle" in proc.stderr
+    # piped, inspect prints plain rows: one per cut, id and name first
+    listing = _run("inspect", str(out)).stdout
+    assert "\x1b" not in listing and not set("─━│┃┏┡└") & set(listing), listing
+    lines = listing.splitlines()
+    rows = lines[[i for i, x in enumerate(lines) if x.split()[:2] == ["id", "name"]][0] + 1:]
+    assert [r.split()[:2] for r in rows] == [[str(c["id"]), c["name"]]
+                                             for c in manifest["cuts"]]
+    assert json.loads(_run("inspect", str(out), "--json").stdout) == manifest
 
 
 @pytest.mark.parametrize("args, message", [

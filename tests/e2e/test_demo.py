@@ -3,7 +3,9 @@
 Small settings (ResNet-18 at 64x64, 10 requests per mode, a fast link) keep each run near half
 a minute; the bundle built by the first test is reused by the second (one folder per module).
 What is checked is behaviour: exit codes, the table, the JSON, the plot, and that no edge node
-or CPU cgroup is left behind, on success and on Ctrl-C. Never wall-clock time.
+or CPU cgroup is left behind, on success and on Ctrl-C. Never wall-clock time. The first run
+passes --json (stdout: the result alone; the steps and the report: stderr), the second does not
+(the steps on stdout, as a user's pipe sees them).
 """
 
 from __future__ import annotations
@@ -34,7 +36,9 @@ def out_dir(tmp_path_factory):
 
 def _env() -> dict[str, str]:
     path = os.environ.get("PYTHONPATH")
-    return {**os.environ, "PYTHONPATH": str(ROOT) + (os.pathsep + path if path else "")}
+    env = {k: v for k, v in os.environ.items()  # rich's switches that make a pipe a terminal
+           if k not in ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE")}
+    return {**env, "PYTHONPATH": str(ROOT) + (os.pathsep + path if path else "")}
 
 
 def _cmd(out: Path) -> list[str]:
@@ -55,17 +59,21 @@ def _no_cgroup_of(pid: int) -> bool:
 
 
 def test_demo_runs_split_and_baselines_and_cleans_up(out_dir):
-    proc = subprocess.run(_cmd(out_dir), capture_output=True, text=True, env=_env(), cwd=ROOT,
-                          timeout=TIMEOUT_S)
+    proc = subprocess.run([*_cmd(out_dir), "--json"], capture_output=True, text=True,
+                          env=_env(), cwd=ROOT, timeout=TIMEOUT_S)
     assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}"
-    lines = proc.stdout.splitlines()
-    for start in ("link      asked 50.0 Mbit/s, RTT 10.0 ms; measured by the client",
+    lines = proc.stderr.splitlines()  # --json: the steps and the report went to stderr
+    for start in ("edge node: pid ", "device: profiling",
+                  "link      asked 50.0 Mbit/s, RTT 10.0 ms; measured by the client",
                   "plan      cut ", "mode ", "split ", "device-only ", "edge-only ",
                   "split vs the better baseline", "answers   split vs device-only",
                   "wall time "):
-        assert any(line.startswith(start) for line in lines), (start, proc.stdout)
+        assert any(line.startswith(start) for line in lines), (start, proc.stderr)
+    assert "\x1b" not in proc.stderr and "━" not in proc.stderr  # a pipe: plain lines
 
     res = json.loads((out_dir / "demo.json").read_text())
+    # stdout: the result alone, as written (text: a NaN would never compare equal)
+    assert proc.stdout.strip() == (out_dir / "demo.json").read_text().strip()
     assert res["model"] == "resnet18" and res["input_size"] == 64
     assert res["link"]["asked"] == {"bandwidth_bps": 50e6, "rtt_s": 0.01}
     assert res["link"]["measured"]["bandwidth_bps"] > 0

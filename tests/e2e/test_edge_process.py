@@ -1,8 +1,10 @@
 """`splitinfer-edge` as operators run it: its own process, its ports, metrics, logs and signals.
 
 Each test starts the real console script on loopback port 0 with a model repository made in the
-test, reads the ports from the one line it prints, and waits on the gRPC health check (polled,
-with a deadline; never a fixed sleep). A real Prometheus scrapes it when one is installed.
+test, through ``splitinfer.tools.edgeproc`` (the one launcher, shared with the demo and the
+benchmarks): it reads the ports from the one line the node prints and waits on the gRPC health
+check (polled, with a deadline; never a fixed sleep). A real Prometheus scrapes it when one is
+installed.
 """
 
 from __future__ import annotations
@@ -14,12 +16,10 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,149 +30,28 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 from torch import nn
 
-from splitinfer.bundle import load_bundle, save_bundle
-from splitinfer.codec import decode_torch, get_codec
-from splitinfer.partition import partition
+from splitinfer.codec import get_codec
+from splitinfer.model.bundle import load_bundle, save_bundle
+from splitinfer.model.split_model import partition
+from splitinfer.model.tensors import decode_torch
+from splitinfer.tools import edgeproc
+from splitinfer.tools.edgeproc import EdgeProcess
 from splitinfer.wire import convert
 from splitinfer.wire.v1 import service_pb2_grpc
 
-ROOT = Path(__file__).resolve().parents[2]
-#: torch import, bundle load and tail profiling on a slow, shared CI machine
-START_TIMEOUT_S = 180.0
-READY_LINE = "splitinfer-edge: listening on port "
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-# ---- the process ------------------------------------------------------------------------------
+# ---- the process: splitinfer.tools.edgeproc, the launcher the demo and benchmarks use too ----
 
-def _edge_command() -> list[str]:
-    script = Path(sys.executable).with_name("splitinfer-edge")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "edge_node"]
-
-
-def _env() -> dict[str, str]:
-    # the checkout first: an editable install made before edge_node existed does not map it
-    path = os.environ.get("PYTHONPATH")
-    return {**os.environ, "PYTHONPATH": str(ROOT) + (os.pathsep + path if path else "")}
-
-
-def _free_port() -> int:
-    # --metrics-port 0 turns metrics off, so the test picks a port; a lost race is retried
-    with socket.socket() as s:
-        s.bind(("0.0.0.0", 0))
-        return s.getsockname()[1]
-
-
-def _poll(what: str, check: Callable[[], Any], timeout: float, every: float = 0.05) -> Any:
-    """``check()`` until it returns something truthy; fail naming ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not (got := check()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(every)
-    return got
-
-
-def _health(address: str) -> int | grpc.StatusCode:
-    """The server's health status, or the code of a failed Check (a fresh channel each time)."""
-    with grpc.insecure_channel(address) as channel:
-        try:
-            return health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(), timeout=2).status
-        except grpc.RpcError as exc:
-            return exc.code()
-
-
-@dataclass
-class EdgeProcess:
-    proc: subprocess.Popen
-    workdir: Path
-    port: int = 0
-    metrics_port: int = 0
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def text(self, stream: str) -> str:
-        return (self.workdir / stream).read_text(errors="replace")
-
-    def log_records(self) -> list[dict]:
-        """Every stderr line as JSON (the node runs with --log-format json)."""
-        records = []
-        for line in filter(str.strip, self.text("stderr").splitlines()):
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                raise AssertionError(f"stderr line is not JSON: {line!r}") from None
-        return records
-
-    def scrape(self) -> dict[tuple[str, frozenset], float]:
-        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-        with urllib.request.urlopen(url, timeout=10) as reply:
-            text = reply.read().decode()
-        return {(s.name, frozenset(s.labels.items())): s.value
-                for family in text_string_to_metric_families(text) for s in family.samples}
-
-    def stop(self) -> None:
-        _end(self.proc)
-
-
-def _end(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=30)
+def _start_edge(repo: Path, workdir: Path, *flags: str) -> EdgeProcess:
+    """A SERVING node with JSON logs, its output kept in ``workdir``."""
+    return edgeproc.start_edge(repo, "--log-format", "json", *flags, workdir=workdir)
 
 
 def _metric(samples: dict, name: str, **labels: str) -> float:
     return samples.get((name, frozenset(labels.items())), 0.0)
-
-
-def _launch(repo: Path, workdir: Path, flags: tuple[str, ...]) -> EdgeProcess:
-    """Start one node and read its ports from its stdout line (or see it exit)."""
-    workdir.mkdir(parents=True)
-    cmd = [*_edge_command(), "--model-repository", str(repo), "--listen", "127.0.0.1:0",
-           "--metrics-port", str(_free_port()), "--log-format", "json", *flags]
-    with (workdir / "stdout").open("wb") as out, (workdir / "stderr").open("wb") as err:
-        node = EdgeProcess(subprocess.Popen(cmd, stdout=out, stderr=err, env=_env()), workdir)
-    try:
-        _poll("the 'listening on port' line", lambda: READY_LINE in node.text("stdout")
-              or node.proc.poll() is not None, START_TIMEOUT_S)
-    except BaseException:
-        node.stop()
-        raise
-    if node.proc.poll() is None:
-        # "splitinfer-edge: listening on port P, metrics on port M"
-        words = node.text("stdout").replace(",", " ").split()
-        node.port, node.metrics_port = int(words[4]), int(words[8])
-    return node
-
-
-def _start_edge(repo: Path, workdir: Path, *flags: str) -> EdgeProcess:
-    for attempt in range(3):
-        node = _launch(repo, workdir / f"try{attempt}", flags)
-        if node.proc.poll() is None or "--metrics-port" not in node.text("stderr"):
-            break  # only a metrics port taken since _free_port() is worth a retry
-    if node.proc.poll() is not None:
-        raise AssertionError(f"the edge node exited at start:\n{node.text('stderr')}")
-    try:
-        _poll("health SERVING", lambda: node.proc.poll() is not None
-              or _health(node.address) == SERVING, START_TIMEOUT_S, every=0.2)
-        assert node.proc.poll() is None, f"exited before serving:\n{node.text('stderr')}"
-    except BaseException:
-        node.stop()
-        raise
-    return node
-
-
-def _run_edge(*args: str, timeout: float = START_TIMEOUT_S) -> subprocess.CompletedProcess:
-    return subprocess.run([*_edge_command(), *args], capture_output=True, text=True,
-                          env=_env(), timeout=timeout)
 
 
 # ---- bundles and requests ---------------------------------------------------------------------
@@ -280,7 +159,12 @@ def test_requests_show_in_metrics_and_json_logs(resnet, resnet_edge):
         with pytest.raises(grpc.RpcError) as refused:
             stub.Infer(bad, timeout=60)
         assert refused.value.code() == grpc.StatusCode.NOT_FOUND
-    after = node.scrape()
+    page = node.metrics_text()
+    after = edgeproc.parse_metrics(page)
+    # the launcher's own parser (prometheus_client is the edge node's alone) reads the page
+    # as prometheus_client's does
+    assert after == {(s.name, frozenset(s.labels.items())): s.value
+                     for family in text_string_to_metric_families(page) for s in family.samples}
 
     def grew(name: str, **labels: str) -> float:
         return _metric(after, name, **labels) - _metric(before, name, **labels)
@@ -313,7 +197,7 @@ def test_healthcheck_command_and_per_model_health(resnet_edge):
     def healthcheck(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "edge_node.healthcheck", "--address",
                                resnet_edge.address, *args], capture_output=True, text=True,
-                              env=_env(), timeout=60)
+                              env=edgeproc.edge_env(), timeout=60)
 
     served = healthcheck()
     assert served.returncode == 0 and "SERVING" in served.stdout, served.stderr
@@ -341,9 +225,10 @@ def test_a_real_prometheus_scrapes_the_node(prometheus, resnet, resnet_edge, tmp
         "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
         "scrape_configs:\n  - job_name: splitinfer-edge\n    scrape_interval: 1s\n"
         f"    static_configs:\n      - targets: ['127.0.0.1:{resnet_edge.metrics_port}']\n")
-    web = f"127.0.0.1:{_free_port()}"
+    web = f"127.0.0.1:{edgeproc.free_port()}"
     with (tmp_path / "prometheus.log").open("wb") as log:
-        proc = subprocess.Popen([prometheus, f"--config.file={config}", f"--web.listen-address={web}",
+        proc = subprocess.Popen([prometheus, f"--config.file={config}",
+                                 f"--web.listen-address={web}",
                                  f"--storage.tsdb.path={tmp_path / 'tsdb'}"],
                                 stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
     query = urllib.parse.urlencode({"query": "splitinfer_edge_requests_total"})
@@ -358,10 +243,10 @@ def test_a_real_prometheus_scrapes_the_node(prometheus, resnet, resnet_edge, tmp
         return [s for s in series if s["metric"]["status"] == "OK" and float(s["value"][1]) > 0]
 
     try:
-        series = _poll("prometheus to scrape splitinfer_edge_requests_total", scraped,
-                       timeout=30, every=0.5)
+        series = edgeproc.wait_for("prometheus to scrape splitinfer_edge_requests_total",
+                                   scraped, timeout=30, every=0.5)
     finally:
-        _end(proc)
+        edgeproc.terminate(proc)
     assert series[0]["metric"]["job"] == "splitinfer-edge"
     assert (series[0]["metric"]["model"], series[0]["metric"]["version"]) == ("resnet18", "1")
 
@@ -374,7 +259,7 @@ def _wait_until_all_accepted(node: EdgeProcess, futures: list, n: int) -> None:
         in_flight = _metric(node.scrape(), "splitinfer_edge_in_flight_requests")
         return in_flight + finished >= n  # accepted >= in flight now + finished before
 
-    _poll("all requests to be in the node", accepted, timeout=60, every=0.01)
+    edgeproc.wait_for("all requests to be in the node", accepted, timeout=60, every=0.01)
     assert sum(f.done() for f in futures) < n, "the tail is too fast to test a drain"
 
 
@@ -401,8 +286,9 @@ def test_sigterm_drains_accepted_requests_then_exits_0(tmp_path):
         assert next(watch).status == NOT_SERVING
         watch.cancel()  # an open Watch would hold the drain for the whole grace period
         # ... then new RPCs are refused while the accepted ones still run
-        _poll("new RPCs to be refused",
-              lambda: _health(node.address) == grpc.StatusCode.UNAVAILABLE, timeout=60)
+        edgeproc.wait_for("new RPCs to be refused",
+                          lambda: edgeproc.health(node.address) == grpc.StatusCode.UNAVAILABLE,
+                          timeout=60)
         with grpc.insecure_channel(node.address) as late_channel, \
                 pytest.raises(grpc.RpcError) as late:
             service_pb2_grpc.EdgeInferenceStub(late_channel).Infer(
@@ -421,6 +307,57 @@ def test_sigterm_drains_accepted_requests_then_exits_0(tmp_path):
     messages = [r["msg"] for r in node.log_records()]
     assert any(m.startswith("signal received: draining") for m in messages)
     assert messages[-1] == "edge node stopped"
+
+
+# ---- the launcher: a start that fails, a metrics port taken meanwhile -------------------------
+
+def test_a_failed_start_raises_with_the_stderr_and_leaves_no_process(tmp_path):
+    (tmp_path / "repo").mkdir()
+    with pytest.raises(edgeproc.EdgeStartError) as failed:
+        edgeproc.start_edge(tmp_path / "repo", workdir=tmp_path / "edge")
+    assert "exited with code 1 at start" in str(failed.value)
+    assert "holds no bundles" in str(failed.value)  # the node's own stderr line
+    assert "holds no bundles" in (tmp_path / "edge" / "stderr.txt").read_text()  # kept
+    with pytest.raises(ProcessLookupError):
+        os.kill(failed.value.pid, 0)
+
+
+def test_a_start_that_times_out_ends_the_node(chain_repo):
+    # timeout 0: the node cannot have printed its ports yet (it has not imported torch)
+    with pytest.raises(edgeproc.EdgeStartError) as failed:
+        edgeproc.start_edge(chain_repo, timeout=0)
+    assert "printed no ports within 0s" in str(failed.value)
+    with pytest.raises(ProcessLookupError):
+        os.kill(failed.value.pid, 0)
+
+
+def test_launch_without_waiting_gives_the_exit_code_and_stderr(tmp_path):
+    node = edgeproc.launch(tmp_path, "--log-format", "json")  # an empty repository
+    try:
+        assert not node.running and node.returncode == 1
+        assert "holds no bundles" in node.stderr_tail()
+    finally:
+        assert node.stop() == 1
+    assert not node.workdir.exists()  # the launcher's temporary folder is gone ...
+    assert "holds no bundles" in node.text("stderr")  # ... its text kept
+
+
+@pytest.mark.slow
+def test_a_metrics_port_taken_meanwhile_is_retried(chain_repo, tmp_path, monkeypatch):
+    with socket.socket() as busy:
+        busy.bind(("0.0.0.0", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        picks, free_port = iter([taken]), edgeproc.free_port
+        # the first pick lost the race to another process; then any free port
+        monkeypatch.setattr(edgeproc, "free_port", lambda: next(picks, None) or free_port())
+        node = edgeproc.start_edge(chain_repo, workdir=tmp_path)
+    try:
+        assert node.metrics_port not in (0, taken) and edgeproc.serving(node.address)
+        assert node.metric_sum("splitinfer_edge_models_loaded") == 1
+    finally:
+        node.stop()
+    assert f"--metrics-port {taken}" in (tmp_path / "stderr.try0.txt").read_text()
 
 
 # ---- refusing to start ------------------------------------------------------------------------
@@ -444,7 +381,7 @@ def test_a_corrupt_bundle_is_fatal_with_one_line_naming_it(chain_repo, tmp_path,
         (bundle / "program.pt2").write_bytes(bytes(data))
     else:
         (bundle / "manifest.json").write_text("{not json")
-    proc = _run_edge("--model-repository", str(repo), "--listen", "127.0.0.1:0",
+    proc = edgeproc.run_edge("--model-repository", str(repo), "--listen", "127.0.0.1:0",
                      "--metrics-port", "0", "--log-format", "json")
     assert proc.returncode == 1, proc.stderr
     line = _error_line(proc)
@@ -452,7 +389,7 @@ def test_a_corrupt_bundle_is_fatal_with_one_line_naming_it(chain_repo, tmp_path,
 
 
 def test_an_empty_repository_is_fatal(tmp_path):
-    proc = _run_edge("--model-repository", str(tmp_path), "--listen", "127.0.0.1:0",
+    proc = edgeproc.run_edge("--model-repository", str(tmp_path), "--listen", "127.0.0.1:0",
                      "--metrics-port", "0")
     assert proc.returncode == 1, proc.stderr
     line = _error_line(proc)
@@ -465,7 +402,7 @@ def test_a_busy_metrics_port_is_fatal_with_one_line(chain_repo):
         busy.bind(("0.0.0.0", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        proc = _run_edge("--model-repository", str(chain_repo), "--listen", "127.0.0.1:0",
+        proc = edgeproc.run_edge("--model-repository", str(chain_repo), "--listen", "127.0.0.1:0",
                          "--metrics-port", str(port))
     assert proc.returncode == 1, proc.stderr
     assert f"--metrics-port {port}" in _error_line(proc)
@@ -476,6 +413,6 @@ def test_a_busy_metrics_port_is_fatal_with_one_line(chain_repo):
     (["--listen", "nowhere"], "--listen must be HOST:PORT"),
 ])
 def test_a_bad_flag_exits_2_naming_it(tmp_path, flags, named):
-    proc = _run_edge("--model-repository", str(tmp_path), *flags, timeout=60)
+    proc = edgeproc.run_edge("--model-repository", str(tmp_path), *flags, timeout=60)
     assert proc.returncode == 2
     assert named in _error_line(proc)

@@ -16,10 +16,10 @@ import torch
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
-from splitinfer.bundle import save_bundle  # noqa: E402
-from splitinfer.cli_edgeproc import start_edge  # noqa: E402
-from splitinfer.onnx_export import export_onnx  # noqa: E402
-from splitinfer.partition import partition  # noqa: E402
+from splitinfer.model.bundle import save_bundle  # noqa: E402
+from splitinfer.model.onnx_export import export_onnx  # noqa: E402
+from splitinfer.model.split_model import partition  # noqa: E402
+from splitinfer.tools.edgeproc import start_edge  # noqa: E402
 from tests.e2e import torchfree  # noqa: E402
 from tests.models import SkipNet  # noqa: E402
 
@@ -97,14 +97,7 @@ def edge(skipnet) -> Iterator[str]:
         node.stop()
 
 
-def _has_split_client() -> bool:
-    path = ROOT / "device_client" / "client.py"
-    return path.is_file() and "class SplitClient" in path.read_text()
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not _has_split_client(),
-                    reason="device_client/client.py with SplitClient is not there yet")
 def test_split_client_with_onnx_head_runs_without_torch(torchfree_python, skipnet, edge,
                                                         tmp_path):
     sm, cut, _, device = skipnet

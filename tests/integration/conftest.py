@@ -25,8 +25,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 import splitinfer
 from edge_node.config import EdgeConfig
 from edge_node.server import EdgeNode
-from splitinfer.bundle import save_bundle
-from splitinfer.codec import EncodedTensor, decode_torch, get_codec
+from splitinfer.codec import EncodedTensor, get_codec
+from splitinfer.model.bundle import save_bundle
+from splitinfer.model.tensors import decode_torch
 from splitinfer.wire import convert
 from splitinfer.wire.v1 import inference_pb2, service_pb2_grpc
 from tests.models import Chain, TwoInTwoOut

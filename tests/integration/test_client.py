@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from device_client import TLS, AsyncSplitClient, SplitClient
-from splitinfer.errors import EdgeUnavailable, InvalidRequest
+from splitinfer.core.errors import EdgeUnavailable, InvalidRequest
 
 from .conftest import edge_config, wait_until
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from device_client import BreakerPolicy, SplitClient
-from splitinfer.errors import EdgeUnavailable, FingerprintMismatch, Unauthenticated
+from splitinfer.core.errors import EdgeUnavailable, FingerprintMismatch, Unauthenticated
 
 from .conftest import Gate, edge_config
 

@@ -16,9 +16,9 @@ import torch
 
 from device_client import SplitClient
 from device_client.estimator import DeviceSpeed, LinkEstimator
-from splitinfer.link import Link
-from splitinfer.netem import LinkEmulator, LinkShape
-from splitinfer.profiler import profile_device
+from splitinfer.core.link import Link
+from splitinfer.measure.profiler import profile_device
+from splitinfer.tools.netem import LinkEmulator, LinkShape
 
 from .conftest import edge_config, wait_until
 

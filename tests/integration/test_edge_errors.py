@@ -1,4 +1,4 @@
-"""Every refusal in ARCHITECTURE.md's status table: the right code and a message that says why.
+"""Every refusal in docs/architecture.md's status table: the right code and a message that says why.
 
 The request-level cases run against the shared node (resnet18 v1, twoin v9 and v10, a 1 MiB
 --max-tensor-bytes). The messages are checked for the value that was wrong and what was expected.
@@ -51,8 +51,8 @@ def x() -> torch.Tensor:
 def test_wrong_shape_for_the_cut(main_node, bundles):
     before = requests_with_status(main_node, "INVALID_ARGUMENT")
     assert_refused(main_node, make_request(bundles.resnet, 0, [torch.randn(2, 3, 32, 32)]),
-                   INVALID_ARGUMENT, "cut 0", "got [2, 3, 32, 32]:float32",
-                   "expected [-1, 3, 64, 64]:float32")
+                   INVALID_ARGUMENT, "cut 0", "has shape [2, 3, 32, 32] and dtype float32",
+                   "expects shape [-1, 3, 64, 64] (-1: any size) and dtype float32")
     assert requests_with_status(main_node, "INVALID_ARGUMENT") == before + 1
 
 
@@ -60,7 +60,8 @@ def test_wrong_dtype(main_node, bundles):
     sm = bundles.twoin9
     mask = torch.ones(1, 5, dtype=torch.int32)  # the cut takes an int64 mask
     assert_refused(main_node, make_request(sm, 0, [torch.randn(1, 5, 4), mask], version="9"),
-                   INVALID_ARGUMENT, "'mask'", "int32", "expected [-1, 5]:int64")
+                   INVALID_ARGUMENT, "'mask'", "dtype int32", "expects shape [-1, 5]",
+                   "dtype int64")
     doubles = x().double()  # fp32 keeps the dtype it was given: float64 arrives as float64
     assert_refused(main_node, make_request(bundles.resnet, 0, [doubles], codec="raw"),
                    INVALID_ARGUMENT, "float64", "float32")

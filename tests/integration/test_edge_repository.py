@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from edge_node.server import StartupError
-from splitinfer.bundle import save_bundle
+from splitinfer.model.bundle import save_bundle
 from splitinfer.wire import convert
 from splitinfer.wire.v1 import model_pb2
 

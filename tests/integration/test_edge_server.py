@@ -14,7 +14,8 @@ import torch
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from splitinfer.codec import decode_torch, error_bound
+from splitinfer.codec import error_bound
+from splitinfer.model.tensors import decode_torch
 from splitinfer.wire import convert
 from splitinfer.wire.v1 import model_pb2, probe_pb2
 
@@ -153,7 +154,7 @@ def test_infer_stream_answers_in_order_and_goes_on_after_a_bad_item(main_node, b
             assert response.HasField("error")
             assert response.error.code == INVALID_ARGUMENT.value[0]
             assert "[1, 3, 32, 32]" in response.error.message
-            assert "expected [-1, 3, 64, 64]" in response.error.message
+            assert "expects shape [-1, 3, 64, 64]" in response.error.message
             assert not response.outputs
         else:
             assert not response.HasField("error"), response.error.message

@@ -23,7 +23,7 @@ from typing import Iterator
 
 import pytest
 
-from splitinfer.netem import LinkEmulator, LinkShape, parse_duration, parse_rate
+from splitinfer.tools.netem import LinkEmulator, LinkShape, parse_duration, parse_rate
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 20.0
@@ -264,7 +264,7 @@ def test_set_shape_changes_rate_of_open_connection(sink):
 # ---- parsing and the CLI ------------------------------------------------------------------------
 
 def test_netem_reads_rates_and_durations_like_the_link_model():
-    # one parser for the whole project (splitinfer.link); bare numbers are ambiguous: refused
+    # one parser for the whole project (splitinfer.core.link); bare numbers are ambiguous: refused
     assert parse_rate("20mbit") == 20e6 and parse_duration("20ms") == pytest.approx(0.02)
     for bad in ("20mbps", "fast", "", "-3mbit", "1000"):
         with pytest.raises(ValueError, match="rate"):

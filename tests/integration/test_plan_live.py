@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from splitinfer.cli import main
+from splitinfer.tools.cli import main
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from edge_node.batcher import Batcher
-from splitinfer.errors import DeadlinePassed, Overloaded, ShuttingDown
+from splitinfer.core.errors import DeadlinePassed, Overloaded, ShuttingDown
 
 
 class _Gate:

@@ -13,7 +13,7 @@ import torch
 
 import splitinfer
 from splitinfer import BundleError
-from splitinfer.bundle import load_bundle, read_manifest, save_bundle
+from splitinfer.model.bundle import load_bundle, read_manifest, save_bundle
 from tests.models import Chain, SkipNet, TwoInTwoOut
 
 
@@ -76,7 +76,7 @@ def test_round_trip_with_several_inputs_and_outputs(tmp_path):
 def test_manifest_reads_without_torch(skipnet_bundle):
     _, sm, path = skipnet_bundle
     code = ("import sys; sys.modules['torch'] = None\n"
-            "from splitinfer.bundle import read_manifest\n"
+            "from splitinfer.model.bundle import read_manifest\n"
             f"m = read_manifest({str(path)!r})\n"
             "print(m.name, len(m.cuts), m.fingerprint)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

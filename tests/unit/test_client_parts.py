@@ -9,10 +9,10 @@ from device_client.breaker import CLOSED, HALF_OPEN, OPEN, BreakerPolicy, Circui
 from device_client.estimator import LinkEstimator
 from device_client.planning import make_plan, objective_of, profile_cut_ids
 from device_client.stats import StatsRecorder
-from splitinfer.errors import PlanningError
-from splitinfer.link import Link
-from splitinfer.planner import Constraints
-from splitinfer.profiles import CodecCost, CutCost, DeviceProfile, EdgeProfile
+from splitinfer.core.errors import PlanningError
+from splitinfer.core.link import Link
+from splitinfer.core.planner import Constraints
+from splitinfer.core.profiles import CodecCost, CutCost, DeviceProfile, EdgeProfile
 
 
 class Clock:

@@ -20,13 +20,13 @@ from splitinfer.codec import (
     EncodedTensor,
     ErrorBound,
     decode,
-    decode_torch,
     encoded_nbytes,
     error_bound,
     get_codec,
     list_codecs,
 )
-from splitinfer.errors import CodecError
+from splitinfer.core.errors import CodecError
+from splitinfer.model.tensors import decode_torch
 
 pytestmark = pytest.mark.unit
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from splitinfer.codec import EncodedTensor, Limits, decode, get_codec
-from splitinfer.errors import CodecError, LimitExceeded
+from splitinfer.core.errors import CodecError, LimitExceeded
 
 pytestmark = pytest.mark.unit
 

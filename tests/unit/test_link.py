@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from splitinfer.link import Link, fit_link, parse_duration, parse_rate
+from splitinfer.core.link import Link, fit_link, parse_duration, parse_rate
 
 
 @pytest.mark.parametrize("text, bps", [("20mbit", 20e6), ("1.5gbit", 1.5e9), ("800kbit", 8e5),

@@ -14,12 +14,12 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
 from device_client.onnx_head import OnnxSegments  # noqa: E402
-from splitinfer import onnx_export  # noqa: E402
-from splitinfer.bundle import save_bundle  # noqa: E402
-from splitinfer.cli import main  # noqa: E402
-from splitinfer.errors import BundleError, InvalidRequest, NotFound, PartitionError  # noqa: E402
-from splitinfer.onnx_export import export_onnx  # noqa: E402
-from splitinfer.partition import partition  # noqa: E402
+from splitinfer.core.errors import BundleError, InvalidRequest, NotFound, PartitionError  # noqa: E402
+from splitinfer.model import onnx_export
+from splitinfer.model.bundle import save_bundle  # noqa: E402
+from splitinfer.model.onnx_export import export_onnx  # noqa: E402
+from splitinfer.model.split_model import partition  # noqa: E402
+from splitinfer.tools.cli import main  # noqa: E402
 from tests.models import SkipNet, TwoInTwoOut, build_chain  # noqa: E402
 
 
@@ -217,11 +217,11 @@ def test_onnx_files_of_another_model_are_refused(chain_onnx, tmp_path):
 def test_inputs_are_checked(chain_onnx):
     seg = OnnxSegments(chain_onnx)
     x = np.zeros((2, 16), np.float32)
-    with pytest.raises(InvalidRequest, match="takes 1 array"):
+    with pytest.raises(InvalidRequest, match="takes 1 input"):
         seg.run_head(1, [x, x])
-    with pytest.raises(InvalidRequest, match="'x' must be float32, got float64.*astype"):
+    with pytest.raises(InvalidRequest, match="'x' has .*dtype float64; .* expects .*dtype float32.*astype"):
         seg.run_head(1, [x.astype(np.float64)])
-    with pytest.raises(InvalidRequest, match=r"shape \[16\], expected rank 2"):
+    with pytest.raises(InvalidRequest, match=r"shape \[16\] \(rank 1, expected rank 2\)"):
         seg.run_head(1, [x[0]])
     with pytest.raises(InvalidRequest, match=r"shape \[2, 15\]"):
         seg.run_head(1, [x[:, :15]])

@@ -5,26 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
-import splitinfer
-from splitinfer.bundle import save_bundle
-from splitinfer.cli import main
-from splitinfer.profiler import profile_device, profile_edge_locally
-from tests.models import SkipNet
+from splitinfer.tools.cli import main
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    torch.manual_seed(0)
-    sm = splitinfer.partition(SkipNet().eval(), (torch.randn(1, 3, 32, 32),), name="skipnet")
-    root = tmp_path_factory.mktemp("plan")
-    save_bundle(sm, root / "bundle")
-    device = profile_device(sm, codecs=("fp32", "int8+zstd"), repeats=1)
-    edge = profile_edge_locally(sm, repeats=1, speedup=20.0)
-    (root / "device.json").write_text(json.dumps(device.to_json()))
-    (root / "edge.json").write_text(json.dumps(edge.to_json()))
-    return root, sm
+def setup(skipnet_plan_files):
+    return skipnet_plan_files
 
 
 def _plan(root, *extra):

@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from splitinfer.errors import PlanningError, SplitInferError
-from splitinfer.link import Link
-from splitinfer.planner import Breakdown, Constraints, Plan, PowerModel, choose
-from splitinfer.profiles import CodecCost, CutCost, DeviceProfile, EdgeProfile
+from splitinfer.core.errors import PlanningError, SplitInferError
+from splitinfer.core.link import Link
+from splitinfer.core.planner import Breakdown, Constraints, Plan, PowerModel, choose
+from splitinfer.core.profiles import CodecCost, CutCost, DeviceProfile, EdgeProfile
 
 ENC = {"fp32": 0.0005, "fp16": 0.001, "int8+zstd": 0.004}
 DEC = {"fp32": 0.0005, "fp16": 0.001, "int8+zstd": 0.002}

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 
 from benchmarks import planner_validation as pv
-from benchmarks._splitclient import Timing
-from splitinfer.link import Link
-from splitinfer.planner import choose
-from splitinfer.profiles import CodecCost, CutCost, DeviceProfile, EdgeProfile
+from benchmarks.planner_validation import Timing
+from splitinfer.core.link import Link
+from splitinfer.core.planner import choose
+from splitinfer.core.profiles import CodecCost, CutCost, DeviceProfile, EdgeProfile
 
 
 def _codecs(nbytes: int) -> tuple[CodecCost, ...]:
@@ -78,25 +78,22 @@ def test_targets_pass_and_fail_on_the_numbers():
     assert s["profile_speed_ratio_worst"] == pytest.approx(170 / 128)
 
 
-class _FakeClient:
+class _FakeRuns:
     """Counts runs; a configuration's time and device/edge parts come from its cut."""
 
     def __init__(self):
-        self.calls, self.device_s, self.edge_s = [], 0.0, None
+        self.calls = []
 
-    def once(self, cut, codec):
-        self.calls.append((cut, codec))
-        self.device_s = 0.001 * (cut + 1)
-        self.edge_s = None if codec is None else 0.002
-        return 0 if codec is None else 100 * (cut + 1)
-
-    def timed(self, cut, codec):
-        self.once(cut, codec)
-        return 0.01 * (cut + 1)
+    def __call__(self, config):
+        cut, codec = config
+        self.calls.append(config)
+        return pv.Sample(total_s=0.01 * (cut + 1), device_s=0.001 * (cut + 1),
+                         edge_compute_s=None if codec is None else 0.002,
+                         request_bytes=0 if codec is None else 100 * (cut + 1))
 
 
 def test_measure_interleaved_runs_each_configuration_its_repeats_in_rotated_rounds():
-    client = _FakeClient()
+    client = _FakeRuns()
     configs = [(0, "fp32"), (2, "int8+zstd"), (4, None)]
     timings = pv.measure_interleaved(client, configs, {(0, "fp32"): 3, (2, "int8+zstd"): 1,
                                                        (4, None): 3})

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 import splitinfer
-from splitinfer.link import Link
-from splitinfer.planner import choose
-from splitinfer.profiler import edge_profile_from_info, profile_device, profile_edge_locally
-from splitinfer.profiles import DeviceProfile, EdgeProfile
+from splitinfer.core.link import Link
+from splitinfer.core.planner import choose
+from splitinfer.core.profiles import DeviceProfile, EdgeProfile
+from splitinfer.measure.profiler import edge_profile_from_info, profile_device, profile_edge_locally
 from splitinfer.wire.convert import ModelInfo
 from tests.models import SkipNet
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from splitinfer.slowdown import SlowDevice
+from splitinfer.measure.slowdown import SlowDevice
 
 
 def _burn(cpu_s: float) -> str:

@@ -7,9 +7,9 @@ import dataclasses
 import pytest
 
 from splitinfer.codec import EncodedTensor
-from splitinfer.errors import WireError
-from splitinfer.spec import Cut, TensorSpec
-from splitinfer.timing import StageTiming
+from splitinfer.core.errors import WireError
+from splitinfer.core.spec import Cut, TensorSpec
+from splitinfer.core.timing import StageTiming
 from splitinfer.wire import convert
 from splitinfer.wire.v1 import inference_pb2, model_pb2, service_pb2, tensor_pb2
 

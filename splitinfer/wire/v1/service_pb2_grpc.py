@@ -62,7 +62,7 @@ class EdgeInferenceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Infer(self, request, context):
-        """One request, one response. Failures are gRPC status codes (see ARCHITECTURE.md).
+        """One request, one response. Failures are gRPC status codes (see docs/architecture.md).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

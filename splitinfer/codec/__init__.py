@@ -1,0 +1,26 @@
+"""Codecs for the tensors that cross a cut: the codec table (``CODECS``), quantizers and zstd.
+
+numpy and zstandard only (never torch or protobuf): the device client encodes with these on a
+torch-free device, and the edge node decodes untrusted payloads with them under ``Limits``.
+``registry`` has the table and the hostile-safe decoder; ``_quant`` and ``_zstd`` are its
+kernels.
+"""
+
+from __future__ import annotations
+
+from .registry import (
+    CODECS,
+    DEFAULT_LIMITS,
+    Codec,
+    EncodedTensor,
+    ErrorBound,
+    Limits,
+    decode,
+    encoded_nbytes,
+    error_bound,
+    get_codec,
+    list_codecs,
+)
+
+__all__ = ["CODECS", "DEFAULT_LIMITS", "Codec", "EncodedTensor", "ErrorBound", "Limits",
+           "decode", "encoded_nbytes", "error_bound", "get_codec", "list_codecs"]

@@ -1,0 +1,212 @@
+"""Numpy kernels behind the codecs: float narrowing (fp16, bf16) and int8 affine quantization.
+
+Pure numpy, no torch: the device client runs these without torch. Kernels work in float32 and
+in place (``out=``) because they sit on the request path: at one core the whole encode of a
+3 MB activation has a few milliseconds, and every temporary array costs a pass over memory.
+Refusals (overflow, non-finite input) raise CodecError naming how many values and the first.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from splitinfer.core.errors import CodecError
+
+__all__ = [
+    "F16_MAX", "BF16_MAX", "MIN_CHANNEL_ELEMENTS", "choose_axis", "to_float32",
+    "f32_to_f16", "f32_to_bf16", "bf16_to_f32", "quantize", "dequantize",
+]
+
+F16_MAX = 65504.0
+#: |x| >= 65520 (half-way to 2**16) rounds to inf in fp16; anything below rounds to <= 65504.
+_F16_INF_FROM = 65520.0
+BF16_MAX = float(np.array(0x7F7F0000, np.uint32).view(np.float32))
+#: float32 bit patterns with magnitude >= this round to inf in bf16 (round-to-nearest-even).
+_BF16_INF_BITS = 0x7F7F8000
+#: float64 values with |x| >= 2**128 - 2**103 (half an ulp over float32 max) round to inf.
+_F32_INF_FROM = 2.0**128 - 2.0**103
+_F32_TINY = np.float32(np.finfo(np.float32).tiny)
+
+#: Fewer elements per channel than this and per-channel params (5 bytes each) cost more than
+#: they save: quantize the whole tensor with one scale.
+MIN_CHANNEL_ELEMENTS = 16
+
+
+def _first_bad(mask: np.ndarray, x: np.ndarray) -> str:
+    """'N of M values, first at index (..) (value v)' for a boolean mask over x."""
+    flat = int(np.argmax(mask.reshape(-1)))
+    where = tuple(int(i) for i in np.unravel_index(flat, x.shape))
+    return (f"{int(np.count_nonzero(mask))} of {x.size} values, first at index {where} "
+            f"(value {x.reshape(-1)[flat].item()!r})")
+
+
+def choose_axis(shape: tuple[int, ...]) -> int | None:
+    """The channel axis int8 uses for a tensor of ``shape``, or None for one scale per tensor.
+
+    Rank >= 4 is conv-like NCHW: channels on axis 1. Rank 3 is [batch, sequence, hidden]:
+    channels on the last axis (hidden features have very different ranges; tokens do not).
+    Rank <= 2, or fewer than MIN_CHANNEL_ELEMENTS elements per channel: per tensor.
+    """
+    if len(shape) < 3:
+        return None
+    axis = 1 if len(shape) >= 4 else 2
+    n = math.prod(shape)
+    if shape[axis] == 0 or n // shape[axis] < MIN_CHANNEL_ELEMENTS:
+        return None
+    return axis
+
+
+def to_float32(x: np.ndarray, dtype: str, what: str) -> np.ndarray:
+    """float32 view or copy of a float tensor (bfloat16 arrives as uint16 bits)."""
+    if dtype == "float32":
+        return x
+    if dtype == "bfloat16":
+        return bf16_to_f32(x)
+    if dtype == "float64":
+        return _narrow(x, np.float32, _F32_INF_FROM, "float32", what,
+                       "use the raw codec to keep float64")
+    return x.astype(np.float32)
+
+
+def _narrow(x: np.ndarray, to: type, inf_from: float, label: str, what: str, fix: str
+            ) -> np.ndarray:
+    """x.astype(to), refusing finite values that would round to +-inf."""
+    if x.size:
+        lo, hi = x.min(), x.max()  # NaN propagates: a NaN or inf anywhere sends us to the check
+        if not (-inf_from < lo and hi < inf_from):
+            over = np.isfinite(x) & (np.abs(x) >= inf_from)
+            if over.any():
+                raise CodecError(f"{what}: {_first_bad(over, x)} overflow {label} "
+                                 f"(they would become inf); {fix}")
+    with np.errstate(over="ignore"):  # what is left rounds to the max, or was already inf
+        return x.astype(to)
+
+
+def f32_to_f16(x: np.ndarray, what: str) -> np.ndarray:
+    """float32/float64 -> float16 (round to nearest even); NaN/inf kept, overflow refused."""
+    return _narrow(x, np.float16, _F16_INF_FROM, f"fp16 (max {F16_MAX:g})", what,
+                   "use bf16 (same range as float32) or fp32")
+
+
+def f32_to_bf16(x: np.ndarray, what: str | None = None) -> np.ndarray:
+    """float32 -> bfloat16 bits (uint16), round to nearest even; NaN/inf kept.
+
+    With ``what`` set, finite values that would round to inf are refused; without it (the
+    decoder, whose values come from an already accepted payload) they become inf.
+    """
+    x = np.asarray(x, dtype=np.float32, order="C")
+    bits = x.reshape(-1).view(np.uint32)  # 1-d: ufuncs on 0-d arrays return scalars
+    # RNE: add 0x7FFF plus the lowest kept bit, then drop the low 16 bits.
+    r = np.right_shift(bits, 16)
+    np.bitwise_and(r, 1, out=r)
+    r += 0x7FFF
+    r += bits  # a negative NaN can wrap around here; NaNs are rewritten below
+    r >>= 16
+    out = r.astype(np.uint16)
+    if x.size and not (-BF16_MAX <= x.min() and x.max() <= BF16_MAX):  # NaN fails this too
+        mag = bits & 0x7FFFFFFF
+        if what is not None:
+            over = (mag >= _BF16_INF_BITS) & (mag < 0x7F800000)
+            if over.any():
+                raise CodecError(f"{what}: {_first_bad(over, x)} overflow bf16 (they would "
+                                 "become inf); use fp32")
+        nan = mag > 0x7F800000
+        if nan.any():  # keep a NaN a NaN (quiet it): rounding its bits could make it inf
+            out[nan] = (np.right_shift(bits[nan], 16) | 0x0040).astype(np.uint16)
+    return out.reshape(x.shape)
+
+
+def bf16_to_f32(bits: np.ndarray) -> np.ndarray:
+    """bfloat16 bits (uint16) -> float32, exact."""
+    wide = bits.astype(np.uint32)
+    wide <<= 16
+    return wide.view(np.float32)
+
+
+def _view3(shape: tuple[int, ...], axis: int | None) -> tuple[int, int, int]:
+    """(outer, channels, inner) sizes of ``shape`` around ``axis``."""
+    if axis is None:
+        return 1, 1, math.prod(shape)
+    outer, inner = math.prod(shape[:axis]), math.prod(shape[axis + 1:])
+    return outer, int(shape[axis]), inner
+
+
+def _channel_minmax(x3: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+    """Per-channel (min, max) of an (outer, channels, inner) array, widened to include 0.
+
+    min is None when the whole tensor is >= 0 (post-ReLU): every widened min is 0 then, and
+    a pass is saved. NaN propagates through min/max, so a NaN anywhere shows in the result.
+    """
+    outer, chans, inner = x3.shape
+    flat = x3.reshape(-1)
+    lo_all = flat.min()
+    if chans == 1:
+        return (None if lo_all >= 0 else np.minimum(lo_all, 0).reshape(1)), \
+            np.maximum(flat.max(), 0).reshape(1)
+    if inner == 1:  # channels last: reduce rows, no copy
+        x2 = x3.reshape(outer, chans)
+        mn = None if lo_all >= 0 else np.minimum(x2.min(axis=0), 0)
+        mx = np.maximum(x2.max(axis=0), 0)
+        return mn, mx
+    # reduceat over contiguous runs is ~2x faster than min(axis=2) when runs are short
+    starts = np.arange(0, flat.size, inner)
+    mn = None if lo_all >= 0 else np.minimum(
+        np.minimum.reduceat(flat, starts).reshape(outer, chans).min(axis=0), 0)
+    mx = np.maximum(np.maximum.reduceat(flat, starts).reshape(outer, chans).max(axis=0), 0)
+    return mn, mx
+
+
+def quantize(x: np.ndarray, axis: int | None, what: str
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """float32 ``x`` -> (uint8 codes, float32 scales, int zero points), per channel on ``axis``.
+
+    q = clip(rint(x / scale) + zp, 0, 255), with min/max widened to include 0 so that zp is an
+    integer code for 0.0 and zeros (post-ReLU) decode exactly. |x - x_hat| <= scale / 2 plus
+    float32 rounding. Refuses NaN/inf: no scale can represent them.
+    """
+    outer, chans, inner = _view3(x.shape, axis)
+    if x.size == 0:
+        return np.empty(x.shape, np.uint8), np.ones(chans, np.float32), np.zeros(chans, np.int64)
+    x3 = x.reshape(outer, chans, inner)
+    mn, mx = _channel_minmax(x3)
+    if not np.isfinite(mx).all() or (mn is not None and not np.isfinite(mn).all()):
+        raise CodecError(f"{what}: int8 cannot encode NaN/inf: {_first_bad(~np.isfinite(x), x)}"
+                         " are not finite; use fp16, bf16 or fp32 for this tensor")
+    # float64: max - min of two float32 extremes cannot overflow here
+    span = mx.astype(np.float64) if mn is None else mx.astype(np.float64) - mn
+    scales = (span / 255.0).astype(np.float32)
+    np.maximum(scales, _F32_TINY, out=scales)  # keeps 1/scale finite
+    scales[span == 0] = 1.0  # an all-zero channel: any positive scale decodes it exactly
+    inv = (np.float32(1) / scales).reshape(1, chans, 1)
+    buf = np.multiply(x3, inv, out=np.empty(x3.shape, np.float32))
+    if mn is None:
+        # x in [0, max] and scale = max/255: x/scale <= 255 * (1 + 3 ulp), so rint stays
+        # in [0, 255] and zp = 0; no clip needed on this (post-ReLU) path
+        zps = np.zeros(chans, np.int64)
+        np.rint(buf, out=buf)
+    else:
+        zps = np.minimum(np.maximum(np.rint(-mn / scales), 0), 255).astype(np.int64)
+        np.add(buf, zps.astype(np.float32).reshape(1, chans, 1), out=buf)
+        np.rint(buf, out=buf)
+        np.clip(buf, 0, 255, out=buf)
+    return buf.astype(np.uint8).reshape(x.shape), scales, zps
+
+
+def dequantize(codes: np.ndarray, shape: tuple[int, ...], axis: int | None,
+               scales: np.ndarray, zps: np.ndarray) -> np.ndarray:
+    """uint8 codes -> float32 (q - zp) * scale; q == zp gives exactly 0.0."""
+    outer, chans, inner = _view3(shape, axis)
+    out = np.empty(shape, np.float32)
+    if out.size == 0:
+        return out
+    q3 = codes.reshape(outer, chans, inner)
+    o3 = out.reshape(outer, chans, inner)
+    s3 = scales.astype(np.float32).reshape(1, chans, 1)
+    if zps.any():
+        np.subtract(q3, zps.astype(np.float32).reshape(1, chans, 1), out=o3)
+        np.multiply(o3, s3, out=o3)
+    else:
+        np.multiply(q3, s3, out=o3)
+    return out

@@ -1,0 +1,395 @@
+"""Codecs for the tensors that cross a cut: raw, fp32, fp16, bf16, int8, each with or without zstd.
+
+A codec turns one tensor into an EncodedTensor (payload bytes plus the few params needed to
+read them) and back. Names are "raw", "fp32", "fp16", "bf16", "int8", each also with "+zstd";
+all live in one table, CODECS (``get_codec("int8+zstd", level=3)`` sets the zstd level).
+
+What each codec stores (little-endian, C order)
+    raw   the tensor's own bytes, any dtype. Lossless.
+    fp32  float32: lossless for float32/float16/bfloat16 tensors, rounds float64.
+    fp16  float16, round to nearest even.
+    bf16  bfloat16 (the top half of float32), round to nearest even.
+    int8  uint8 codes q = clip(rint(x / scale) + zp, 0, 255), decoded as (q - zp) * scale in
+          float32, one (scale, zp) per channel (axis rule: ``_quant.choose_axis``). zp is an
+          integer, so 0.0 decodes to exactly 0.0: post-ReLU zeros stay zeros.
+          |x - x_hat| <= scale / 2, plus float32 rounding (see ``error_bound``).
+Integer and bool tensors are never quantized: under every codec they travel as "raw" (or
+"raw+zstd"), and so does a float tensor already no wider than the codec's format (float16
+under fp32, bfloat16 under fp16). ``EncodedTensor.codec`` names what was really used.
+
+NaN/inf policy: never silent corruption.
+    raw, fp32   bit-exact, NaN payloads included (float64 under fp32: overflow is refused)
+    fp16, bf16  NaN and +-inf kept; finite values that would round to +-inf are refused with
+                a CodecError (fp16: |x| >= 65520, its max being 65504; it says to use bf16/fp32)
+    int8        any NaN or inf is refused: CodecError says how many and where the first is
+
+``decode`` trusts nothing: codec, dtype, shape, params and the zstd frame are checked against
+``Limits`` before anything is allocated. Every refusal is a CodecError (LimitExceeded for the
+size limits) naming the tensor, what was wrong and what was expected.
+
+numpy only: a torch tensor is read through its own module (torch is never imported here;
+``splitinfer.model.tensors.decode_torch`` decodes to torch). A bfloat16 tensor decodes to numpy
+as uint16 holding the bf16 bits (numpy has no bfloat16).
+"""
+
+from __future__ import annotations
+
+import operator
+import sys
+from dataclasses import dataclass, replace
+from typing import Any, Mapping
+
+import numpy as np
+
+from splitinfer.core.errors import CodecError, LimitExceeded
+from splitinfer.core.spec import DTYPES
+
+from . import _quant, _zstd
+
+__all__ = [
+    "Limits", "EncodedTensor", "ErrorBound", "Codec", "CODECS", "get_codec", "list_codecs",
+    "decode", "encoded_nbytes", "error_bound", "DEFAULT_LIMITS",
+]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Hard limits a decoder enforces before it allocates anything."""
+
+    max_rank: int = 8
+    max_dim: int = 1 << 24
+    max_elements: int = 1 << 28
+    max_bytes: int = 1 << 30  # decoded bytes of one tensor
+
+
+@dataclass(frozen=True)
+class EncodedTensor:
+    """One tensor as it travels: original dtype/shape, the codec used, and the payload bytes.
+
+    ``dtype`` is the dtype of the tensor before encoding (and after decoding). For ``int8``
+    codecs, ``scales``/``zero_points`` hold the affine parameters, one per channel along
+    ``axis`` (``axis is None``: one pair for the whole tensor).
+    """
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    codec: str
+    payload: bytes
+    scales: tuple[float, ...] = ()
+    zero_points: tuple[int, ...] = ()
+    axis: int | None = None
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes this tensor costs on the wire, framing aside: see ``encoded_nbytes``."""
+        return encoded_nbytes(self)
+
+
+@dataclass(frozen=True)
+class ErrorBound:
+    """``|x - x_hat| <= absolute + relative * |x|`` for every finite x of one encoded tensor."""
+
+    absolute: float
+    relative: float
+
+
+@dataclass(frozen=True)
+class _Format:
+    """How one codec base stores elements. ``storage`` None: the tensor's own dtype."""
+
+    storage: str | None
+    native: str | None  # the float dtype this format holds unchanged
+    relative: float  # rounding error of a normal value, relative
+    absolute: float  # ... of a subnormal one: half the smallest step
+
+
+_FORMATS: dict[str, _Format] = {
+    "raw": _Format(None, None, 0.0, 0.0),
+    "fp32": _Format("<f4", "float32", 2.0**-24, 2.0**-150),
+    "fp16": _Format("<f2", "float16", 2.0**-11, 2.0**-25),
+    "bf16": _Format("<u2", "bfloat16", 2.0**-8, 2.0**-134),
+    "int8": _Format("u1", None, 0.0, 0.0),  # bound comes from the scales
+}
+_FLOATS = ("float32", "float16", "bfloat16", "float64")
+# numpy has no bfloat16: its bits travel and decode as uint16
+_NP_DTYPES = {"float32": "<f4", "float16": "<f2", "bfloat16": "<u2", "float64": "<f8",
+              "int64": "<i8", "int32": "<i4", "int16": "<i2", "int8": "i1", "uint8": "u1",
+              "bool": "?"}
+_NP_NAMES = {np.dtype(v): k for k, v in _NP_DTYPES.items() if k != "bfloat16"}
+DEFAULT_LIMITS = Limits()
+
+
+def _what(name: object) -> str:
+    text = repr(name)
+    return f"tensor {text[:80] + '...' if len(text) > 80 else text}"
+
+
+def _stored_base(base: str, dtype: str) -> str:
+    """The base really used for a ``dtype`` tensor under ``base``: raw unless it narrows."""
+    fmt = _FORMATS[base]
+    if dtype not in _FLOATS or base == "raw":
+        return "raw"
+    if fmt.storage is not None and dtype != fmt.native \
+            and DTYPES[dtype] <= np.dtype(fmt.storage).itemsize:
+        return "raw"  # e.g. float16 under fp32: raw is smaller and exact
+    return base
+
+
+def _from_float32(x: np.ndarray, dtype: str) -> np.ndarray:
+    if dtype == "float32":
+        return x
+    if dtype == "bfloat16":
+        return _quant.f32_to_bf16(x)
+    return x.astype(_NP_DTYPES[dtype])
+
+
+def _to_storage(base: str, arr: np.ndarray, dtype: str, what: str
+                ) -> tuple[np.ndarray, dict[str, Any]]:
+    if base == "raw" or dtype == _FORMATS[base].native:
+        return arr, {}
+    if base == "fp16" and dtype == "float64":
+        return _quant.f32_to_f16(arr, what), {}  # direct: no double rounding
+    x = _quant.to_float32(arr, dtype, what)
+    if base == "fp32":
+        return x, {}
+    if base == "fp16":
+        return _quant.f32_to_f16(x, what), {}
+    if base == "bf16":
+        return _quant.f32_to_bf16(x, what), {}
+    axis = _quant.choose_axis(x.shape)
+    codes, scales, zps = _quant.quantize(x, axis, what)
+    zero_points = tuple(zps.tolist()) if zps.any() else (0,) * len(zps)  # post-ReLU: fast
+    return codes, {"scales": tuple(scales.tolist()), "zero_points": zero_points, "axis": axis}
+
+
+@dataclass(frozen=True)
+class Codec:
+    """One entry of CODECS: a storage format (``base``), then zstd at ``zstd_level`` or not."""
+
+    base: str
+    zstd_level: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.base not in _FORMATS:
+            raise CodecError(f"unknown codec base {self.base!r}; known: {sorted(_FORMATS)}")
+        if self.zstd_level is not None:
+            _zstd.check_level(self.zstd_level)
+
+    @property
+    def name(self) -> str:
+        return self.base + ("+zstd" if self.zstd_level is not None else "")
+
+    @property
+    def lossless(self) -> bool:
+        """True when decode gives back the exact input (fp32: for any dtype but float64)."""
+        return self.base in ("raw", "fp32")
+
+    def encode(self, tensor: Any, name: str = "tensor", *, dtype: str | None = None
+               ) -> EncodedTensor:
+        """Encode a numpy array or torch tensor.
+
+        ``dtype="bfloat16"`` declares a numpy uint16/int16 array to hold bfloat16 bits.
+        Raises CodecError for unsupported dtypes and for the NaN/inf/overflow refusals.
+        """
+        what = _what(name)
+        arr, src = _as_numpy(tensor, dtype, what)
+        base = _stored_base(self.base, src)
+        stored, params = _to_storage(base, arr, src, what)
+        flat = np.ascontiguousarray(stored).reshape(-1).view(np.uint8)
+        if self.zstd_level is not None:
+            payload, codec = _zstd.compress(flat.data, self.zstd_level), base + "+zstd"
+        else:
+            payload, codec = flat.tobytes(), base
+        return EncodedTensor(name=name, dtype=src, shape=tuple(int(d) for d in arr.shape),
+                             codec=codec, payload=payload, **params)
+
+    def decode(self, encoded: EncodedTensor, limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
+        """Same as module ``decode``: the codec to use is read from ``encoded.codec``."""
+        return decode(encoded, limits)
+
+
+#: Every codec by name, default zstd level. The one place names are looked up.
+CODECS: Mapping[str, Codec] = {
+    name: Codec(base, level)
+    for base in _FORMATS
+    for name, level in ((base, None), (base + "+zstd", _zstd.DEFAULT_LEVEL))
+}
+
+
+def list_codecs() -> list[str]:
+    """Names of every codec, e.g. ``["raw", "raw+zstd", "fp32", ...]``."""
+    return list(CODECS)
+
+
+def get_codec(name: str, level: int | None = None) -> Codec:
+    """The codec called ``name``; ``level`` sets the zstd level of a "+zstd" codec."""
+    codec = CODECS.get(name) if isinstance(name, str) else None
+    if codec is None:
+        raise CodecError(f"unknown codec {name!r}; known codecs: {', '.join(CODECS)}")
+    if level is None:
+        return codec
+    if codec.zstd_level is None:
+        raise CodecError(f"codec {name!r} has no zstd stage, so no level; use '{name}+zstd'")
+    return replace(codec, zstd_level=_zstd.check_level(level))
+
+
+def _as_numpy(tensor: Any, dtype: str | None, what: str) -> tuple[np.ndarray, str]:
+    """(contiguous little-endian array, dtype name); bfloat16 as uint16 bits."""
+    if type(tensor).__module__.split(".")[0] == "torch":
+        # the tensor's own module: whoever made the tensor imported torch, so the codec
+        # reads it without importing torch itself (the layer rules keep torch out of here)
+        torch = sys.modules["torch"]
+        t = tensor.detach().cpu()
+        src = str(t.dtype).removeprefix("torch.")
+        arr = t.view(torch.int16).numpy().view(np.uint16) if src == "bfloat16" else t.numpy()
+    elif isinstance(tensor, (np.ndarray, np.generic)):
+        arr = np.asarray(tensor)
+        src = _NP_NAMES.get(arr.dtype) or arr.dtype.name  # .name is slow (~8 us)
+        if dtype == "bfloat16" and arr.dtype.kind in "iu" and arr.dtype.itemsize == 2:
+            arr, src = arr.view(np.uint16), "bfloat16"
+    else:
+        raise CodecError(f"{what}: cannot encode a {type(tensor).__name__}; "
+                         "pass a numpy array or a torch tensor")
+    if dtype is not None and dtype != src:
+        raise CodecError(f"{what}: declared dtype {dtype!r} but the array is {src}; "
+                         "dtype= only declares uint16/int16 arrays as 'bfloat16'")
+    if src not in DTYPES:
+        raise CodecError(f"{what}: dtype {src} is not supported; supported: {sorted(DTYPES)}")
+    return np.asarray(arr, dtype=_NP_DTYPES[src], order="C"), src  # keeps 0-d arrays 0-d
+
+
+# ----------------------------------------------------------------------------- decoding
+
+def _check_header(e: EncodedTensor, limits: Limits, what: str
+                  ) -> tuple[str, bool, tuple[int, ...], int]:
+    """Codec, dtype and shape checks: (base, zstd?, shape, element count)."""
+    codec = CODECS.get(e.codec) if isinstance(e.codec, str) else None
+    if codec is None:
+        raise CodecError(f"{what}: unknown codec {e.codec!r}; known codecs: {', '.join(CODECS)}")
+    if not isinstance(e.dtype, str) or e.dtype not in DTYPES:
+        raise CodecError(f"{what}: unknown dtype {e.dtype!r}; known: {sorted(DTYPES)}")
+    if codec.base != "raw" and e.dtype not in _FLOATS:
+        raise CodecError(f"{what}: codec {e.codec!r} is for float tensors, not {e.dtype}; "
+                         "integer and bool tensors travel as 'raw' or 'raw+zstd'")
+    if not isinstance(e.shape, (tuple, list)):
+        raise CodecError(f"{what}: shape must be a tuple of ints, got {type(e.shape).__name__}")
+    if len(e.shape) > limits.max_rank:
+        raise LimitExceeded(f"{what}: rank {len(e.shape)} is over the limit {limits.max_rank}")
+    try:
+        shape = tuple(operator.index(d) for d in e.shape)
+    except TypeError as err:
+        raise CodecError(f"{what}: shape {e.shape!r} must hold only ints") from err
+    numel = 1
+    for d in shape:
+        if d < 0:
+            raise CodecError(f"{what}: shape {shape} has a negative dim; dims are >= 0")
+        if d > limits.max_dim:
+            raise LimitExceeded(f"{what}: dim {d} of shape {shape} is over the limit "
+                                f"{limits.max_dim}")
+        numel *= d
+    if numel > limits.max_elements:
+        raise LimitExceeded(f"{what}: shape {shape} has {numel} elements; the limit is "
+                            f"{limits.max_elements}")
+    if numel * DTYPES[e.dtype] > limits.max_bytes:
+        raise LimitExceeded(f"{what}: shape {shape} of {e.dtype} decodes to "
+                            f"{numel * DTYPES[e.dtype]} bytes; the limit is {limits.max_bytes}")
+    return codec.base, codec.zstd_level is not None, shape, numel
+
+
+def _check_params(e: EncodedTensor, base: str, shape: tuple[int, ...], what: str
+                  ) -> tuple[int | None, np.ndarray, np.ndarray]:
+    """int8 params as (axis, float32 scales, zero points); none allowed for other codecs."""
+    if base != "int8":
+        if len(e.scales) or len(e.zero_points) or e.axis is not None:
+            raise CodecError(f"{what}: codec {e.codec!r} takes no scales, zero points or axis")
+        return None, np.empty(0, np.float32), np.empty(0, np.int64)
+    axis, rank = e.axis, len(shape)
+    if axis is not None:
+        if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) \
+                or not -rank <= axis < rank:
+            raise CodecError(f"{what}: axis {axis!r} is out of range for rank {rank}; "
+                             f"expected None or an int in [{-rank}, {rank})")
+        axis = int(axis) % rank  # negative axes (numpy style) count from the end
+    count = 1 if axis is None else shape[axis]
+    if len(e.scales) != count or len(e.zero_points) != count:
+        raise CodecError(f"{what}: {len(e.scales)} scales and {len(e.zero_points)} zero points; "
+                         f"axis {axis} of shape {shape} needs {count} of each")
+    try:
+        with np.errstate(over="ignore"):  # 1e300 -> inf, refused just below
+            scales = np.asarray(e.scales, dtype=np.float64).astype(np.float32)
+    except (TypeError, ValueError) as err:
+        raise CodecError(f"{what}: scales must be numbers") from err
+    bad = ~(np.isfinite(scales) & (scales > 0))
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise CodecError(f"{what}: scale {i} is {e.scales[i]!r}; scales must be finite and > 0 "
+                         "in float32")
+    zps = np.asarray(e.zero_points) if count else np.empty(0, np.int64)
+    if zps.dtype.kind not in "iu" or (count and not (zps.min() >= 0 and zps.max() <= 255)):
+        raise CodecError(f"{what}: zero points must be ints in [0, 255]; "
+                         f"got {list(e.zero_points[:8])}{'...' if count > 8 else ''}")
+    return axis, scales, zps.astype(np.int64)
+
+
+def _read_payload(e: EncodedTensor, zstd: bool, expected: int, what: str) -> Any:
+    if not isinstance(e.payload, (bytes, bytearray, memoryview)):
+        raise CodecError(f"{what}: payload must be bytes, got {type(e.payload).__name__}")
+    if zstd:
+        return _zstd.decompress(e.payload, expected, what)
+    size = memoryview(e.payload).nbytes
+    if size != expected:
+        raise CodecError(f"{what}: payload is {size} bytes; codec {e.codec!r} with shape "
+                         f"{tuple(e.shape)} of {e.dtype} needs exactly {expected}")
+    return e.payload
+
+
+def decode(encoded: EncodedTensor, limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
+    """Check, then decode one tensor to a new numpy array of its original dtype and shape.
+
+    bfloat16 decodes to uint16 bits (``splitinfer.model.tensors.decode_torch`` gives a
+    real bfloat16 tensor).
+    """
+    what = _what(encoded.name)
+    base, zstd, shape, numel = _check_header(encoded, limits, what)
+    axis, scales, zps = _check_params(encoded, base, shape, what)
+    storage = _FORMATS[base].storage or _NP_DTYPES[encoded.dtype]
+    buf = _read_payload(encoded, zstd, numel * np.dtype(storage).itemsize, what)
+    stored = np.frombuffer(buf, dtype=storage, count=numel).reshape(shape)
+    if encoded.dtype == "bool" and numel and stored.view(np.uint8).max() > 1:
+        raise CodecError(f"{what}: bool payload holds bytes other than 0 and 1")
+    if base == "raw" or encoded.dtype == _FORMATS[base].native:
+        own: np.ndarray = stored.copy()  # frombuffer views are read-only; callers get their own
+        return own
+    if base == "int8":
+        x = _quant.dequantize(stored, shape, axis, scales, zps)
+    elif base == "bf16":
+        x = _quant.bf16_to_f32(stored)
+    else:
+        x = stored.astype(np.float32)
+    return _from_float32(x, encoded.dtype)
+
+
+def encoded_nbytes(encoded: EncodedTensor) -> int:
+    """Payload bytes + 4 per scale + 1 per zero point (the wire adds a little framing)."""
+    return len(encoded.payload) + 4 * len(encoded.scales) + len(encoded.zero_points)
+
+
+def error_bound(encoded: EncodedTensor) -> ErrorBound:
+    """A bound on ``|x - decode(encoded)|`` for finite x; (0, 0) when lossless."""
+    base = encoded.codec.removesuffix("+zstd")
+    fmt = _FORMATS[base]
+    if base == "raw" or encoded.dtype == fmt.native:
+        return ErrorBound(0.0, 0.0)
+    # a decoded float32 value is rounded once more to a narrower original dtype
+    back = {"float16": 2.0**-11, "bfloat16": 2.0**-8}.get(encoded.dtype, 0.0)
+    if base == "int8":
+        # rint gives scale/2; x * (1/scale) in float32 adds ~255 * 2**-23 codes; decode's
+        # multiply rounds once more (relative 2**-24)
+        half = max(encoded.scales, default=0.0) * (0.5 + 2.0**-14)
+        return ErrorBound(half * (1 + back), 2.0**-24 + back)
+    if base == "fp32" and encoded.dtype != "float64":
+        return ErrorBound(0.0, 0.0)
+    double = 2.0**-24 if (base == "bf16" and encoded.dtype == "float64") else 0.0
+    return ErrorBound(fmt.absolute, fmt.relative + double + back)
+

@@ -1,0 +1,138 @@
+"""What a bundle says about itself: ``manifest.json``, read and checked without torch.
+
+A bundle is a directory::
+
+    manifest.json   name, version, fingerprint, input/output specs, cuts, file checksums
+    program.pt2     the captured program (torch.export format; no pickled Python classes)
+    examples.pt     the example inputs (tensors only; loaded with weights_only=True)
+
+``read_manifest`` parses and checks the manifest alone (no torch), so a device without torch can
+still plan and connect; ``verify_files`` checks every file's size and sha256 against it.
+Writing and loading the program is :mod:`splitinfer.model.bundle`'s job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from splitinfer.core.errors import BundleError
+from splitinfer.core.spec import Cut, TensorSpec
+
+__all__ = ["Manifest", "read_manifest", "verify_files", "sha256_file", "check_name",
+           "FORMAT", "FORMAT_VERSION", "MANIFEST", "PROGRAM", "EXAMPLES"]
+
+FORMAT = "splitinfer-bundle"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+PROGRAM = "program.pt2"
+EXAMPLES = "examples.pt"
+_MAX_MANIFEST_BYTES = 16 << 20
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What a bundle says about itself (the parsed ``manifest.json``)."""
+
+    name: str
+    version: str
+    fingerprint: str
+    capture: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    cuts: tuple[Cut, ...]
+    files: dict[str, dict[str, Any]]
+    max_cut_tensors: int
+    torch_version: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT, "format_version": FORMAT_VERSION,
+            "name": self.name, "version": self.version, "fingerprint": self.fingerprint,
+            "capture": self.capture, "torch_version": self.torch_version,
+            "max_cut_tensors": self.max_cut_tensors,
+            "inputs": [s.to_json() for s in self.inputs],
+            "outputs": [s.to_json() for s in self.outputs],
+            "cuts": [c.to_json() for c in self.cuts],
+            "files": self.files,
+        }
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_name(what: str, value: Any) -> str:
+    if not isinstance(value, str) or not value or len(value) > 128 or \
+            not all(c.isalnum() or c in "-_." for c in value) or value.startswith("."):
+        raise BundleError(f"bad {what} {value!r}: use 1-128 characters from letters, digits, "
+                          "'-', '_' and '.', not starting with '.'")
+    return value
+
+
+def read_manifest(directory: str | os.PathLike[str]) -> Manifest:
+    """Parse and check ``manifest.json`` (no torch needed). Raises BundleError."""
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        raise BundleError(f"{directory}: no {MANIFEST}; is this a bundle directory? "
+                          "(make one with `splitinfer export`)")
+    if path.stat().st_size > _MAX_MANIFEST_BYTES:
+        raise BundleError(f"{path}: {path.stat().st_size} bytes, over the "
+                          f"{_MAX_MANIFEST_BYTES}-byte limit for a manifest")
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{path}: not valid JSON ({exc}); the bundle is corrupt") from exc
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        raise BundleError(f"{path}: not a splitinfer manifest (format is "
+                          f"{obj.get('format') if isinstance(obj, dict) else type(obj)!r}, "
+                          f"expected {FORMAT!r})")
+    if obj.get("format_version") != FORMAT_VERSION:
+        raise BundleError(f"{path}: format_version {obj.get('format_version')!r} is not "
+                          f"supported (this splitinfer reads {FORMAT_VERSION}); re-export it")
+    try:
+        manifest = Manifest(
+            name=check_name("model name", obj["name"]),
+            version=check_name("model version", obj["version"]),
+            fingerprint=str(obj["fingerprint"]), capture=str(obj["capture"]),
+            inputs=tuple(TensorSpec.from_json(s) for s in obj["inputs"]),
+            outputs=tuple(TensorSpec.from_json(s) for s in obj["outputs"]),
+            cuts=tuple(Cut.from_json(c) for c in obj["cuts"]),
+            files=dict(obj["files"]), max_cut_tensors=int(obj["max_cut_tensors"]),
+            torch_version=str(obj.get("torch_version", "")))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BundleError(f"{path}: missing or malformed field ({type(exc).__name__}: {exc})"
+                          ) from exc
+    if [c.id for c in manifest.cuts] != list(range(len(manifest.cuts))) or not manifest.cuts:
+        raise BundleError(f"{path}: cut ids must be 0..N-1 in order")
+    for fname in (PROGRAM, EXAMPLES):
+        entry = manifest.files.get(fname)
+        if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str) or \
+                not isinstance(entry.get("bytes"), int):
+            raise BundleError(f"{path}: files[{fname!r}] must have 'sha256' and 'bytes'")
+    return manifest
+
+
+def verify_files(directory: Path, manifest: Manifest) -> None:
+    for fname, entry in manifest.files.items():
+        path = directory / fname
+        if os.sep in fname or fname.startswith("."):
+            raise BundleError(f"{directory}: bad file name {fname!r} in the manifest")
+        if not path.is_file():
+            raise BundleError(f"{directory}: {fname} is missing")
+        size = path.stat().st_size
+        if size != entry["bytes"]:
+            raise BundleError(f"{path}: {size} bytes, the manifest says {entry['bytes']}; "
+                              "the file is truncated or was replaced")
+        digest = sha256_file(path)
+        if digest != entry["sha256"]:
+            raise BundleError(f"{path}: sha256 {digest[:16]}… does not match the manifest "
+                              f"({entry['sha256'][:16]}…); the file is corrupt or altered")
