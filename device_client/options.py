@@ -122,36 +122,7 @@ def _one_of(name: str, value: object, allowed: tuple[str, ...]) -> None:
 
 
 class ClientArgs:
-    """The constructor ``SplitClient`` and ``AsyncSplitClient`` share.
-
-    ``bundle``: the bundle directory (or, with ``head="onnx"``, a folder with ``manifest.json``
-    and ``onnx/``). ``edges``: one or more edge nodes — "host:port", any gRPC target such as
-    "dns:///edge.example:50051" (every address it resolves to is used), or an ``Edge`` object
-    (e.g. a fake edge in tests).
-
-    ``cut``: "auto" (planned) or a cut id / name; ``codec``: "auto" or a codec name (both
-    given: a fixed plan). ``deadline_s``: per request, from the call. ``fallback``: "local"
-    (run the tail here when no edge answers in time) or "error" (raise ``EdgeUnavailable``).
-    ``tls``: None, True (system roots), a dict(ca=, cert=, key=, server_name=) or ``TLS``;
-    ``token``: the edge's bearer token. ``head``: "auto", "torch" or "onnx" (no torch needed).
-    ``window``: frames in flight in ``stream``. ``shadow_rate``: fraction of requests also run
-    fully on the device to measure divergence. ``device_profile``: a ``DeviceProfile`` or its
-    JSON path (else measured at connect when planning needs it, on at most
-    ``max_profile_cuts`` cuts). ``objective``: "latency", "throughput" or "device_energy";
-    ``constraints``: the planner's ``Constraints``; ``codecs``: the codecs planned over.
-    ``replan``: re-plan when the link or the device's speed moves. ``background``: the
-    background duties (a tiny Probe every ``probe_interval_s`` for the RTT, the edge's profile
-    re-read every ``refresh_s``, open breakers probed back, edges set aside re-checked); off, the
-    client sends nothing but requests (benchmarks; the link estimate then moves only with the
-    requests' own round trips, and an open breaker stays open). ``breaker``: when an edge's
-    circuit opens. ``connect_timeout_s``: for each edge's checks at connect. ``threads``: ONNX
-    Runtime threads. ``device_slowdown``: emulate a device that many times slower than this
-    machine, for demos and what-if runs (every piece of work on the device thread idles
-    ``device_slowdown - 1`` times the CPU time it used; the profile measured at connect is that
-    device's); 1 = off. ``track_device_speed``: time the device's work on every request
-    against its profile and re-plan when it runs more than 1.25x slower or faster than the plan
-    assumed; turn it off when ``device_profile`` is a what-if for another device.
-    """
+    """The constructor ``SplitClient`` and ``AsyncSplitClient`` share (see ``__init__``)."""
 
     def __init__(self, bundle: str | Path, edges: Sequence[EdgeSpec] | EdgeSpec, *,
                  cut: int | str = "auto", codec: str = "auto", deadline_s: float = 1.0,
@@ -166,6 +137,37 @@ class ClientArgs:
                  connect_timeout_s: float = 10.0, max_profile_cuts: int = 24,
                  threads: int | None = None, device_slowdown: float = 1.0,
                  track_device_speed: bool = True) -> None:
+        """Check every argument (``ValueError`` naming a bad one) before anything connects.
+
+        ``bundle``: the bundle directory (or, with ``head="onnx"``, a folder with
+        ``manifest.json`` and ``onnx/``). ``edges``: one or more edge nodes — "host:port", any
+        gRPC target such as "dns:///edge.example:50051" (every address it resolves to is used),
+        or an ``Edge`` object (e.g. a fake edge in tests).
+
+        ``cut``: "auto" (planned) or a cut id / name; ``codec``: "auto" or a codec name (both
+        given: a fixed plan). ``deadline_s``: per request, from the call. ``fallback``: "local"
+        (run the tail here when no edge answers in time) or "error" (raise ``EdgeUnavailable``).
+        ``tls``: None, True (system roots), a dict(ca=, cert=, key=, server_name=) or ``TLS``;
+        ``token``: the edge's bearer token. ``head``: "auto", "torch" or "onnx" (no torch
+        needed). ``window``: frames in flight in ``stream``. ``shadow_rate``: fraction of
+        requests also run fully on the device to measure divergence. ``device_profile``: a
+        ``DeviceProfile`` or its JSON path (else measured at connect when planning needs it, on
+        at most ``max_profile_cuts`` cuts). ``objective``: "latency", "throughput" or
+        "device_energy"; ``constraints``: the planner's ``Constraints``; ``codecs``: the codecs
+        planned over. ``replan``: re-plan when the link or the device's speed moves.
+        ``background``: the background duties (a tiny Probe every ``probe_interval_s`` for the
+        RTT, the edge's profile re-read every ``refresh_s``, open breakers probed back, edges
+        set aside re-checked); off, the client sends nothing but requests (benchmarks; the link
+        estimate then moves only with the requests' own round trips, and an open breaker stays
+        open). ``breaker``: when an edge's circuit opens. ``connect_timeout_s``: for each edge's
+        checks at connect. ``threads``: ONNX Runtime threads. ``device_slowdown``: emulate a
+        device that many times slower than this machine, for demos and what-if runs (every piece
+        of work on the device thread idles ``device_slowdown - 1`` times the CPU time it used;
+        the profile measured at connect is that device's); 1 = off. ``track_device_speed``: time
+        the device's work on every request against its profile and re-plan when it runs more
+        than 1.25x slower or faster than the plan assumed; turn it off when ``device_profile``
+        is a what-if for another device.
+        """
         options = ClientOptions(
             cut=cut, codec=codec, deadline_s=deadline_s, fallback=fallback, tls=as_tls(tls),
             token=token, head=head, window=window, shadow_rate=shadow_rate,

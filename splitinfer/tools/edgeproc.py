@@ -36,6 +36,7 @@ from typing import Any, Callable, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2
+from prometheus_client.parser import text_string_to_metric_families
 
 from edge_node.healthcheck import health_status
 
@@ -55,9 +56,6 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 STREAMS = ("stdout", "stderr")
 _PORTS = re.compile(r"^splitinfer-edge: listening on port (\d+)(?:, metrics on port (\d+))?$",
                     re.M)
-_SAMPLE = re.compile(r"^([A-Za-z_:][\w:]*)(?:\{(.*)\})?\s+(\S+)(?:\s+\S+)?$")
-_LABEL = re.compile(r'([A-Za-z_]\w*)\s*=\s*"((?:[^"\\]|\\.)*)"')
-_UNESCAPE = {"\\\\": "\\", '\\"': '"', "\\n": "\n"}
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
@@ -141,23 +139,10 @@ def process_cpu_seconds(pid: int) -> float:
 
 
 def parse_metrics(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    """Prometheus text format -> {(sample name, frozenset of label pairs): value}.
-
-    The edge node's /metrics as ``prometheus_client``'s parser reads it (that package is the
-    edge node's alone: a layer rule), without the families: every sample line as written.
-    """
-    samples = {}
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip() or line.startswith("#"):
-            continue
-        match = _SAMPLE.match(line.strip())
-        if match is None:
-            raise ValueError(f"/metrics line {number} is not a Prometheus sample: {line!r}")
-        name, labels, value = match.groups()
-        pairs = frozenset((k, re.sub(r'\\[\\"n]', lambda m: _UNESCAPE[m.group()], v))
-                          for k, v in _LABEL.findall(labels or ""))
-        samples[(name, pairs)] = float(value)
-    return samples
+    """Prometheus text format -> {(sample name, frozenset of label pairs): value}, read with
+    ``prometheus_client``'s own parser."""
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
 
 
 @dataclass
