@@ -99,11 +99,6 @@ class ClientOptions:
         """The codecs the planner chooses from: the one given, or ``codecs``."""
         return self.codecs if self.codec == "auto" else (self.codec,)
 
-    @property
-    def fixed(self) -> bool:
-        """Both cut and codec given: there is nothing to plan."""
-        return self.cut != "auto" and self.codec != "auto"
-
 
 def _check_seconds(name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) \

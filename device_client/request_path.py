@@ -102,16 +102,17 @@ class RequestPath:
             outs, took = await self.device.step(_run_full, runner, plan.cut_id, inputs)
             self.session.observe_device(took, expect)
             return Prepared(rid, plan, outputs=outs, device_s=took)
-        (crossing, request), took = await self.device.step(self._build, plan, inputs, rid)
+        (crossing, request), took = await self.device.step(self._build, plan, plan.codec,
+                                                           inputs, rid)
         self.session.observe_device(took, expect)
         return Prepared(rid, plan, crossing, request, device_s=took)
 
-    def _build(self, plan: ClientPlan, inputs: tuple[Any, ...], rid: str
+    def _build(self, plan: ClientPlan, codec_name: str, inputs: tuple[Any, ...], rid: str
                ) -> tuple[tuple[Any, ...], inference_pb2.InferRequest]:
         manifest = self.session.manifest
         cut = manifest.cuts[plan.cut_id]
         crossing = self.session.runner.run_head(plan.cut_id, inputs)
-        codec = get_codec(plan.codec or "fp32")
+        codec = get_codec(codec_name)
         encoded = [codec.encode(t, name=spec.name) for t, spec in zip(crossing, cut.tensors)]
         request = convert.build_infer_request(
             model=manifest.name, version="",  # each edge's own version, set when sent
