@@ -2,6 +2,8 @@
 
 ``ClientPlan`` wraps the planner's ``Plan`` (when there was one to make) with what the caller
 fixed: a cut, a codec, or neither. ``make_plan`` is pure: profiles and a link in, plan out.
+``codec_misfit`` says why a codec cannot carry a cut's tensors (an image codec carries only a
+uint8 frame: cut 0 of an image bundle), so a fixed codec is refused before any request.
 """
 
 from __future__ import annotations
@@ -13,16 +15,36 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from splitinfer.codec import get_codec
 from splitinfer.core.errors import PlanningError
 from splitinfer.core.link import Link
 from splitinfer.core.planner import Candidate, Constraints, Plan, choose
 from splitinfer.core.profiles import DeviceProfile, EdgeProfile
+from splitinfer.core.spec import DYNAMIC, Cut
 
 __all__ = ["ClientPlan", "make_plan", "load_device_profile", "profile_cut_ids",
-           "device_work_s", "DEFAULT_CLIENT_CODECS"]
+           "device_work_s", "codec_misfit", "DEFAULT_CLIENT_CODECS"]
 
-#: codecs a client profiles and plans over unless told otherwise
-DEFAULT_CLIENT_CODECS = ("fp32", "fp16", "int8+zstd")
+#: codecs a client profiles and plans over unless told otherwise: the tensor codecs, and JPEG
+#: at quality 90 (what a phone app ships) and PNG, profiled where they fit (an image bundle's
+#: frame at cut 0), so edge-only JPEG is a candidate like any split. Lower JPEG qualities
+#: (``IMAGE_CODECS``) trade the answer's fidelity for bytes: a client plans over them only when
+#: asked (``codecs=``), best with a ``max_codec_error`` or ``min_agreement`` constraint, since
+#: the planner minimizes time and the fewest bytes would always win
+DEFAULT_CLIENT_CODECS = ("fp32", "fp16", "int8+zstd", "jpeg", "png")
+
+
+def codec_misfit(codec: str, cut: Cut) -> str | None:
+    """Why codec ``codec`` cannot carry the tensors crossing ``cut``; None when it can
+    (dynamic dims count as 1)."""
+    carrier = get_codec(codec)
+    for spec in cut.tensors:
+        shape = tuple(1 if d == DYNAMIC else d for d in spec.shape)
+        if not carrier.applies_to(spec.dtype, shape):
+            return (f"tensor {spec.name!r} crossing cut {cut.id} ({cut.name}) is {spec.dtype} "
+                    f"shaped {tuple(spec.shape)}, which {codec!r} cannot carry (an image codec "
+                    f"carries uint8 NHWC frames only)")
+    return None
 
 
 @dataclass(frozen=True)

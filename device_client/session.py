@@ -19,7 +19,7 @@ from splitinfer.core.link import Link
 from splitinfer.core.profiles import DeviceProfile, EdgeProfile
 
 from .estimator import DeviceSpeed, LinkEstimator
-from .planning import ClientPlan, device_work_s, make_plan, objective_of
+from .planning import ClientPlan, codec_misfit, device_work_s, make_plan, objective_of
 
 if TYPE_CHECKING:
     from splitinfer.model.manifest import Manifest
@@ -39,13 +39,16 @@ SWITCH_MARGIN = 0.05
 class Session:
     """Plan, estimator, device speed and profiles of one client; see the module docstring.
 
-    ``cut_id``: the cut the caller fixed (None: planned); ``stats`` counts re-plans."""
+    ``cut_id``: the cut the caller fixed (None: planned); ``stats`` counts re-plans.
+    A ``codec`` given that cannot carry the fixed cut's tensors (or any cut's) is a
+    ValueError here, before anything is sent."""
 
     def __init__(self, options: ClientOptions, manifest: Manifest, runner: Runner,
                  cut_id: int | None, device_profile: DeviceProfile | None,
                  stats: StatsRecorder) -> None:
         self.options, self.manifest, self.runner = options, manifest, runner
         self.cut_id = cut_id
+        self._check_codec()
         self.device_profile = device_profile
         self.edge_profile: EdgeProfile | None = None
         self.stats = stats
@@ -86,6 +89,33 @@ class Session:
     def cut_name(self, cut_id: int) -> str:
         return self.manifest.cuts[cut_id].name
 
+    def _sends(self, cut_id: int) -> bool:
+        """Whether a request at ``cut_id`` sends tensors (the torch runner's last cut does not)."""
+        return cut_id != self.runner.last_cut or self.runner.kind != "torch"
+
+    def check_fits(self, codec: str, cut_id: int) -> None:
+        """ValueError when ``codec`` cannot carry ``cut_id``'s tensors and would have to."""
+        why = codec_misfit(codec, self.manifest.cuts[cut_id]) if self._sends(cut_id) else None
+        if why is not None:
+            raise ValueError(f"codec={codec!r} cannot be used at cut {cut_id}: {why}; give a "
+                             f"tensor codec (e.g. 'int8+zstd'), or cut=0 on an image bundle")
+
+    def _check_codec(self) -> None:
+        codec = self.options.codec
+        if codec == "auto":
+            return
+        if self.cut_id is not None:
+            self.check_fits(codec, self.cut_id)
+        elif self._first_fit(codec) is None:
+            raise ValueError(f"codec={codec!r} fits no cut of {self.manifest.name}: "
+                             f"{codec_misfit(codec, self.manifest.cuts[0])}; give a tensor "
+                             f"codec (e.g. 'int8+zstd')")
+
+    def _first_fit(self, codec: str) -> int | None:
+        """The first cut whose tensors ``codec`` carries (None: none)."""
+        return next((c.id for c in self.manifest.cuts[:-1] if codec_misfit(codec, c) is None),
+                    None)
+
     # -- planning -----------------------------------------------------------------------------
     def start(self, link: Link | None, edge_profile: EdgeProfile | None) -> None:
         """The first plan: for ``link`` (None: no edge reachable, so the device works alone)."""
@@ -107,8 +137,9 @@ class Session:
         if self.runner.kind == "torch" and not given:
             last = self.runner.last_cut
             return ClientPlan(last, self.cut_name(last), None, f"device only: {why}")
-        cut = self.cut_id if self.cut_id is not None else 0
         codec = self.options.codec if self.options.codec != "auto" else None
+        cut = self.cut_id if self.cut_id is not None else \
+            (self._first_fit(codec) if codec is not None else None) or 0
         return ClientPlan(cut, self.cut_name(cut), codec, f"fixed; {why}")
 
     def make(self, link: Link) -> ClientPlan:
@@ -135,9 +166,12 @@ class Session:
             return self.local_plan(f"planner found nothing: {exc}")
 
     def plan_for(self, cut_id: int, codec: str | None) -> ClientPlan:
-        """The plan of one request that names its own cut and codec (already checked)."""
-        if cut_id == self.runner.last_cut and self.runner.kind == "torch":
+        """The plan of one request that names its own cut and codec (checked: ValueError when
+        the codec cannot carry the cut's tensors)."""
+        if not self._sends(cut_id):
             codec = None
+        elif codec is not None:
+            self.check_fits(codec, cut_id)
         predicted = None
         if self._plan is not None and self._plan.plan is not None:
             predicted = next((a.breakdown.total_s for a in self._plan.plan.alternatives

@@ -36,6 +36,7 @@ _LAZY = {
     "save_bundle": "splitinfer.model.bundle", "load_bundle": "splitinfer.model.bundle",
     "export_bundle": "splitinfer.model.bundle",
     "Manifest": "splitinfer.model.manifest", "read_manifest": "splitinfer.model.manifest",
+    "ImageInput": "splitinfer.model.image_input", "IMAGENET": "splitinfer.model.image_input",
     "decode_torch": "splitinfer.model.tensors",
     "get_codec": "splitinfer.codec", "list_codecs": "splitinfer.codec",
     "decode": "splitinfer.codec", "Limits": "splitinfer.codec",

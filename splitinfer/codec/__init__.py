@@ -1,9 +1,9 @@
-"""Codecs for the tensors that cross a cut: the codec table (``CODECS``), quantizers and zstd.
+"""Codecs for the tensors that cross a cut: the codec table (``CODECS``), quantizers, zstd, images.
 
-numpy and zstandard only (never torch or protobuf): the device client encodes with these on a
-torch-free device, and the edge node decodes untrusted payloads with them under ``Limits``.
-``registry`` has the table and the hostile-safe decoder; ``_quant`` and ``_zstd`` are its
-kernels.
+numpy, zstandard and Pillow only (never torch or protobuf): the device client encodes with these
+on a torch-free device, and the edge node decodes untrusted payloads with them under ``Limits``.
+``registry`` has the table and the hostile-safe decoder; ``_quant``, ``_zstd`` and ``_image``
+(jpeg, png, webp) are its kernels.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 from .registry import (
     CODECS,
     DEFAULT_LIMITS,
+    IMAGE_CODECS,
     Codec,
     EncodedTensor,
     ErrorBound,
@@ -22,5 +23,5 @@ from .registry import (
     list_codecs,
 )
 
-__all__ = ["CODECS", "DEFAULT_LIMITS", "Codec", "EncodedTensor", "ErrorBound", "Limits",
-           "decode", "encoded_nbytes", "error_bound", "get_codec", "list_codecs"]
+__all__ = ["CODECS", "DEFAULT_LIMITS", "Codec", "EncodedTensor", "ErrorBound", "IMAGE_CODECS",
+           "Limits", "decode", "encoded_nbytes", "error_bound", "get_codec", "list_codecs"]

@@ -1,8 +1,12 @@
-"""Codecs for the tensors that cross a cut: raw, fp32, fp16, bf16, int8, each with or without zstd.
+"""Codecs for the tensors that cross a cut: tensor codecs (raw, fp32, fp16, bf16, int8, each with
+or without zstd) and image codecs (jpeg, png, webp) for the camera frame itself.
 
 A codec turns one tensor into an EncodedTensor (payload bytes plus the few params needed to
-read them) and back. Names are "raw", "fp32", "fp16", "bf16", "int8", each also with "+zstd";
-all live in one table, CODECS (``get_codec("int8+zstd", level=3)`` sets the zstd level).
+read them) and back. Names are "raw", "fp32", "fp16", "bf16", "int8", each also with "+zstd",
+and "jpeg" (quality 90), "png", "webp" (quality 80); all live in one table, CODECS.
+``get_codec("int8+zstd", level=3)`` sets the zstd level; ``get_codec("jpeg-q75")`` (or
+``get_codec("jpeg", quality=75)``) another quality, 1..100. A payload travels under its base
+name ("jpeg"): the decoder needs no quality.
 
 What each codec stores (little-endian, C order)
     raw   the tensor's own bytes, any dtype. Lossless.
@@ -13,7 +17,11 @@ What each codec stores (little-endian, C order)
           float32, one (scale, zp) per channel (axis rule: ``_quant.choose_axis``). zp is an
           integer, so 0.0 decodes to exactly 0.0: post-ReLU zeros stay zeros.
           |x - x_hat| <= scale / 2, plus float32 rounding (see ``error_bound``).
-Integer and bool tensors are never quantized: under every codec they travel as "raw" (or
+    jpeg  uint8 images (H, W), (H, W, C) or (N, H, W, C), C 1 or 3, NHWC (see ``_image``):
+          lossy, no per-element bound; ``splitinfer fidelity`` measures what it does to answers
+    png   the same, C also 4: lossless.    webp: like jpeg, C 3 or 4.
+Image codecs carry only such images (``Codec.applies_to``); anything else is a CodecError, never
+a silent fallback. Integer and bool tensors are never quantized by the tensor codecs: under every codec they travel as "raw" (or
 "raw+zstd"), and so does a float tensor already no wider than the codec's format (float16
 under fp32, bfloat16 under fp16). ``EncodedTensor.codec`` names what was really used.
 
@@ -44,11 +52,11 @@ import numpy as np
 from splitinfer.core.errors import CodecError, LimitExceeded
 from splitinfer.core.spec import DTYPES
 
-from . import _quant, _zstd
+from . import _image, _quant, _zstd
 
 __all__ = [
     "Limits", "EncodedTensor", "ErrorBound", "Codec", "CODECS", "get_codec", "list_codecs",
-    "decode", "encoded_nbytes", "error_bound", "DEFAULT_LIMITS",
+    "decode", "encoded_nbytes", "error_bound", "DEFAULT_LIMITS", "IMAGE_CODECS",
 ]
 
 
@@ -165,25 +173,50 @@ def _to_storage(base: str, arr: np.ndarray, dtype: str, what: str
 
 @dataclass(frozen=True)
 class Codec:
-    """One entry of CODECS: a storage format (``base``), then zstd at ``zstd_level`` or not."""
+    """One entry of CODECS: a storage format (``base``), then zstd at ``zstd_level`` or not;
+    or an image format (jpeg, png, webp) at ``quality`` (lossy ones; None: the default)."""
 
     base: str
     zstd_level: int | None = None
+    quality: int | None = None
 
     def __post_init__(self) -> None:
+        if self.base in _image.BASES:
+            if self.zstd_level is not None:
+                raise CodecError(f"codec {self.base!r} is an image format; it has no zstd stage")
+            object.__setattr__(self, "quality", _image.check_quality(self.base, self.quality))
+            return
         if self.base not in _FORMATS:
-            raise CodecError(f"unknown codec base {self.base!r}; known: {sorted(_FORMATS)}")
+            raise CodecError(f"unknown codec base {self.base!r}; known: "
+                             f"{sorted(_FORMATS) + sorted(_image.BASES)}")
+        if self.quality is not None:
+            raise CodecError(f"codec {self.base!r} takes no quality (only jpeg and webp do)")
         if self.zstd_level is not None:
             _zstd.check_level(self.zstd_level)
 
     @property
     def name(self) -> str:
+        if self.base in _image.BASES:
+            default = _image.DEFAULT_QUALITY.get(self.base)
+            return self.base if self.quality == default else f"{self.base}-q{self.quality}"
         return self.base + ("+zstd" if self.zstd_level is not None else "")
+
+    @property
+    def is_image(self) -> bool:
+        """True for the image codecs (jpeg, png, webp): they carry uint8 NHWC frames only."""
+        return self.base in _image.BASES
 
     @property
     def lossless(self) -> bool:
         """True when decode gives back the exact input (fp32: for any dtype but float64)."""
-        return self.base in ("raw", "fp32")
+        return self.base in ("raw", "fp32", "png")
+
+    def applies_to(self, dtype: str, shape: tuple[int, ...]) -> bool:
+        """Whether this codec can carry a ``dtype`` tensor of ``shape``: the tensor codecs carry
+        every tensor (integers as raw), the image codecs only uint8 images (see ``_image``)."""
+        if self.base not in _image.BASES:
+            return True
+        return _image.fits(self.base, dtype, tuple(int(d) for d in shape))
 
     def encode(self, tensor: Any, name: str = "tensor", *, dtype: str | None = None
                ) -> EncodedTensor:
@@ -194,6 +227,10 @@ class Codec:
         """
         what = _what(name)
         arr, src = _as_numpy(tensor, dtype, what)
+        if self.base in _image.BASES:
+            return EncodedTensor(name=name, dtype=src, shape=tuple(int(d) for d in arr.shape),
+                                 codec=self.base,
+                                 payload=_image.encode(arr, self.base, self.quality, what))
         base = _stored_base(self.base, src)
         stored, params = _to_storage(base, arr, src, what)
         flat = np.ascontiguousarray(stored).reshape(-1).view(np.uint8)
@@ -209,24 +246,49 @@ class Codec:
         return decode(encoded, limits)
 
 
-#: Every codec by name, default zstd level. The one place names are looked up.
+#: Every codec by name, default zstd level and quality. The one place names are looked up
+#: (``get_codec`` also reads "jpeg-qN" / "webp-qN" for the other qualities).
 CODECS: Mapping[str, Codec] = {
-    name: Codec(base, level)
-    for base in _FORMATS
-    for name, level in ((base, None), (base + "+zstd", _zstd.DEFAULT_LEVEL))
+    **{name: Codec(base, level)
+       for base in _FORMATS
+       for name, level in ((base, None), (base + "+zstd", _zstd.DEFAULT_LEVEL))},
+    **{base: Codec(base) for base in _image.BASES},
 }
+
+#: the image codecs a profile measures by default (edge-only candidates for a frame input):
+#: the JPEG qualities a camera app would pick from, and lossless PNG
+IMAGE_CODECS = ("jpeg-q95", "jpeg", "jpeg-q75", "jpeg-q50", "png")
 
 
 def list_codecs() -> list[str]:
-    """Names of every codec, e.g. ``["raw", "raw+zstd", "fp32", ...]``."""
+    """Names of every codec, e.g. ``["raw", "raw+zstd", "fp32", ..., "jpeg", "png", "webp"]``."""
     return list(CODECS)
 
 
-def get_codec(name: str, level: int | None = None) -> Codec:
-    """The codec called ``name``; ``level`` sets the zstd level of a "+zstd" codec."""
-    codec = CODECS.get(name) if isinstance(name, str) else None
+def _lookup(name: object) -> Codec | None:
+    """The codec called ``name``, including "jpeg-qN" / "webp-qN"; None if there is none."""
+    if not isinstance(name, str):
+        return None
+    codec = CODECS.get(name)
+    if codec is not None:
+        return codec
+    base, sep, q = name.partition("-q")
+    if sep and base in _image.DEFAULT_QUALITY and q.isdigit() and len(q) <= 3:
+        return replace(CODECS[base], quality=_image.check_quality(base, int(q)))
+    return None
+
+
+def get_codec(name: str, level: int | None = None, quality: int | None = None) -> Codec:
+    """The codec called ``name``; ``level`` sets the zstd level of a "+zstd" codec,
+    ``quality`` the quality of "jpeg" / "webp" (also written "jpeg-q75")."""
+    codec = _lookup(name)
     if codec is None:
-        raise CodecError(f"unknown codec {name!r}; known codecs: {', '.join(CODECS)}")
+        raise CodecError(f"unknown codec {name!r}; known codecs: {', '.join(CODECS)} "
+                         "(and jpeg-qN / webp-qN for quality N in 1..100)")
+    if quality is not None:
+        if codec.base not in _image.DEFAULT_QUALITY:
+            raise CodecError(f"codec {name!r} takes no quality; only jpeg and webp do")
+        codec = replace(codec, quality=_image.check_quality(codec.base, quality))
     if level is None:
         return codec
     if codec.zstd_level is None:
@@ -264,12 +326,15 @@ def _as_numpy(tensor: Any, dtype: str | None, what: str) -> tuple[np.ndarray, st
 def _check_header(e: EncodedTensor, limits: Limits, what: str
                   ) -> tuple[str, bool, tuple[int, ...], int]:
     """Codec, dtype and shape checks: (base, zstd?, shape, element count)."""
-    codec = CODECS.get(e.codec) if isinstance(e.codec, str) else None
+    codec = _lookup(e.codec)
     if codec is None:
         raise CodecError(f"{what}: unknown codec {e.codec!r}; known codecs: {', '.join(CODECS)}")
     if not isinstance(e.dtype, str) or e.dtype not in DTYPES:
         raise CodecError(f"{what}: unknown dtype {e.dtype!r}; known: {sorted(DTYPES)}")
-    if codec.base != "raw" and e.dtype not in _FLOATS:
+    if codec.is_image:
+        if e.dtype != "uint8":
+            raise CodecError(f"{what}: codec {e.codec!r} carries uint8 images, not {e.dtype}")
+    elif codec.base != "raw" and e.dtype not in _FLOATS:
         raise CodecError(f"{what}: codec {e.codec!r} is for float tensors, not {e.dtype}; "
                          "integer and bool tensors travel as 'raw' or 'raw+zstd'")
     if not isinstance(e.shape, (tuple, list)):
@@ -353,6 +418,11 @@ def decode(encoded: EncodedTensor, limits: Limits = DEFAULT_LIMITS) -> np.ndarra
     what = _what(encoded.name)
     base, zstd, shape, numel = _check_header(encoded, limits, what)
     axis, scales, zps = _check_params(encoded, base, shape, what)
+    if base in _image.BASES:
+        if not isinstance(encoded.payload, (bytes, bytearray, memoryview)):
+            raise CodecError(f"{what}: payload must be bytes, got "
+                             f"{type(encoded.payload).__name__}")
+        return _image.decode(encoded.payload, base, shape, what)
     storage = _FORMATS[base].storage or _NP_DTYPES[encoded.dtype]
     buf = _read_payload(encoded, zstd, numel * np.dtype(storage).itemsize, what)
     stored = np.frombuffer(buf, dtype=storage, count=numel).reshape(shape)
@@ -377,7 +447,10 @@ def encoded_nbytes(encoded: EncodedTensor) -> int:
 
 def error_bound(encoded: EncodedTensor) -> ErrorBound:
     """A bound on ``|x - decode(encoded)|`` for finite x; (0, 0) when lossless."""
-    base = encoded.codec.removesuffix("+zstd")
+    base = encoded.codec.removesuffix("+zstd").partition("-q")[0]
+    if base in _image.BASES:
+        # lossy images have no per-element bound: any pixel may move by up to 255
+        return ErrorBound(0.0, 0.0) if base == "png" else ErrorBound(255.0, 0.0)
     fmt = _FORMATS[base]
     if base == "raw" or encoded.dtype == fmt.native:
         return ErrorBound(0.0, 0.0)

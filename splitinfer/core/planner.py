@@ -1,7 +1,9 @@
 """Choose where to cut a model and which codec to send with: a cost model and a search.
 
 A pure function of frozen values: ``choose(device_profile, edge_profile, link, ...)`` scores every
-(cut, codec) pair that the constraints allow and returns a ``Plan``. No clocks, files or sockets:
+(cut, codec) pair that the constraints allow and returns a ``Plan``, with the baselines a split
+has to beat scored the same way: the whole model on the device, and the input sent to the edge
+with each codec allowed at cut 0 (for a camera: the frame as a JPEG). No clocks, files or sockets:
 the profiler measures, the link estimator watches the network, this module only does arithmetic,
 so a plan is reproducible from its inputs and cheap enough to recompute whenever the link moves.
 """
@@ -16,7 +18,8 @@ from .errors import PlanningError
 from .link import Link
 from .profiles import CodecCost, CutCost, DeviceProfile, EdgeProfile
 
-__all__ = ["Breakdown", "Candidate", "Constraints", "Plan", "PowerModel", "OBJECTIVES", "choose"]
+__all__ = ["Breakdown", "Candidate", "Constraints", "Plan", "PowerModel", "OBJECTIVES", "choose",
+           "baseline_label"]
 
 # Objective values closer than this (relative) are a tie: measured costs are not that precise,
 # and a stable choice beats one that flips on float noise.
@@ -89,6 +92,9 @@ class Constraints:
     allow_device_only: bool = True
     #: only these codecs are considered (None: all that were profiled)
     codecs: tuple[str, ...] | None = None
+    #: codecs whose measured top-1 agreement (``splitinfer fidelity``) is below this are out,
+    #: and so are codecs never measured for it (device-only always agrees)
+    min_agreement: float | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.codecs, str):
@@ -100,11 +106,18 @@ class Constraints:
             value = getattr(self, name)
             if value is not None and (not math.isfinite(value) or value < 0):
                 raise ValueError(f"Constraints.{name} is {value!r}; expected None or a value >= 0")
+        value = self.min_agreement
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not 0 <= value <= 1):
+            raise ValueError(f"Constraints.min_agreement is {value!r}; expected None or a "
+                             f"fraction in [0, 1] (e.g. 0.99: 99 % of top-1 classes unchanged)")
 
 
 @dataclass(frozen=True)
 class Candidate:
-    """One scored (cut, codec) pair; ``codec`` is None for device-only (nothing is sent)."""
+    """One scored (cut, codec) pair; ``codec`` is None for device-only (nothing is sent).
+
+    ``request_bytes``: what one request sends (0 for device-only)."""
 
     cut_id: int
     cut_name: str
@@ -112,23 +125,36 @@ class Candidate:
     objective_value: float
     breakdown: Breakdown
     head_flops: float
+    request_bytes: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {"cut_id": self.cut_id, "cut_name": self.cut_name, "codec": self.codec,
                 "objective_value": self.objective_value, "breakdown": self.breakdown.to_json(),
-                "head_flops": self.head_flops}
+                "head_flops": self.head_flops, "request_bytes": self.request_bytes}
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> "Candidate":
         return cls(cut_id=int(obj["cut_id"]), cut_name=str(obj["cut_name"]), codec=obj["codec"],
                    objective_value=float(obj["objective_value"]),
                    breakdown=Breakdown.from_json(obj["breakdown"]),
-                   head_flops=float(obj["head_flops"]))
+                   head_flops=float(obj["head_flops"]),
+                   request_bytes=int(obj.get("request_bytes", 0)))
+
+
+def baseline_label(candidate: Candidate) -> str:
+    """A baseline's name: "device-only", or "edge-only <codec>" (e.g. "edge-only jpeg-q75")."""
+    return "device-only" if candidate.codec is None else f"edge-only {candidate.codec}"
 
 
 @dataclass(frozen=True)
 class Plan:
-    """The chosen cut and codec, why (breakdown, ranked alternatives), and the baselines."""
+    """The chosen cut and codec, why (breakdown, ranked alternatives), and the baselines.
+
+    ``baselines``: device-only and edge-only with each codec allowed at cut 0, scored like the
+    candidates, best first (device-only is there even when a constraint keeps it out of the
+    candidates: it is what ``device_only_s`` reports). ``edge_only_s``: the lowest latency of
+    the edge-only baselines (None: edge-only not allowed).
+    """
 
     cut_id: int
     cut_name: str
@@ -141,6 +167,17 @@ class Plan:
     edge_only_s: float | None
     link: Link
     notes: tuple[str, ...] = ()
+    baselines: tuple[Candidate, ...] = ()
+
+    @property
+    def best_baseline(self) -> Candidate | None:
+        """The best baseline for the objective (None for a plan made without baselines)."""
+        return self.baselines[0] if self.baselines else None
+
+    def speedup_over(self, baseline: Candidate) -> float:
+        """How many times faster than ``baseline`` the chosen plan is predicted to answer."""
+        total = baseline.breakdown.total_s
+        return total / self.predicted_s if self.predicted_s > 0 else math.inf
 
     @property
     def speedup_vs_device_only(self) -> float:
@@ -158,7 +195,8 @@ class Plan:
                 "breakdown": self.breakdown.to_json(),
                 "alternatives": [c.to_json() for c in self.alternatives],
                 "device_only_s": self.device_only_s, "edge_only_s": self.edge_only_s,
-                "link": self.link.to_json(), "notes": list(self.notes)}
+                "link": self.link.to_json(), "notes": list(self.notes),
+                "baselines": [c.to_json() for c in self.baselines]}
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> "Plan":
@@ -169,7 +207,8 @@ class Plan:
                    alternatives=tuple(Candidate.from_json(c) for c in obj["alternatives"]),
                    device_only_s=float(obj["device_only_s"]),
                    edge_only_s=None if edge is None else float(edge),
-                   link=Link.from_json(obj["link"]), notes=tuple(obj.get("notes", ())))
+                   link=Link.from_json(obj["link"]), notes=tuple(obj.get("notes", ())),
+                   baselines=tuple(Candidate.from_json(c) for c in obj.get("baselines", ())))
 
 
 # --- cost model -----------------------------------------------------------------------------
@@ -270,6 +309,13 @@ def _codecs_allowed(cut: CutCost, c: Constraints, removed: _Removed) -> list[Cod
             removed.add(f"codecs={list(c.codecs)}", label)
         elif c.max_codec_error is not None and codec.error > c.max_codec_error:
             removed.add(f"max_codec_error={c.max_codec_error}", f"{label} (error {codec.error:g})")
+        elif c.min_agreement is not None and codec.agreement is None:
+            removed.add(f"min_agreement={c.min_agreement}",
+                        f"{label} (not measured: run splitinfer fidelity)")
+        elif c.min_agreement is not None and codec.agreement is not None \
+                and codec.agreement < c.min_agreement:
+            removed.add(f"min_agreement={c.min_agreement}",
+                        f"{label} (agreement {codec.agreement:g})")
         else:
             kept.append(codec)
     return kept
@@ -315,16 +361,27 @@ def _check_inputs(device: DeviceProfile, edge: EdgeProfile, link: Link, objectiv
             f"both sides with the same bundle")
 
 
-def _edge_only_s(device: DeviceProfile, edge: EdgeProfile, link: Link, c: Constraints
-                 ) -> float | None:
-    """Best latency over codecs at cut 0, or None when edge-only is not allowed."""
-    first = device.cuts[0]
-    if not c.allow_edge_only or first.cut_id < c.min_device_cut or first.cut_id not in edge.tail_s:
-        return None
-    codecs = _codecs_allowed(first, c, _Removed({}))
-    if not codecs:
-        return None
-    return min(_breakdown(device, edge, link, first, k).total_s for k in codecs)
+def _candidate(device: DeviceProfile, edge: EdgeProfile, link: Link, cut: CutCost,
+               codec: CodecCost | None, objective: str, power: PowerModel) -> Candidate:
+    """(cut, codec) scored for ``objective``; ``codec`` None is device-only."""
+    b = _breakdown(device, edge, link, cut, codec)
+    return Candidate(cut_id=cut.cut_id, cut_name=cut.name,
+                     codec=None if codec is None else codec.codec,
+                     objective_value=OBJECTIVES[objective](b, power), breakdown=b,
+                     head_flops=cut.head_flops,
+                     request_bytes=0 if codec is None else codec.request_bytes)
+
+
+def _baselines(device: DeviceProfile, edge: EdgeProfile, link: Link, c: Constraints,
+               objective: str, power: PowerModel) -> tuple[Candidate, ...]:
+    """Device-only, and edge-only with every codec the constraints allow at cut 0, best first."""
+    first, last = device.cuts[0], device.cuts[-1]
+    found = [_candidate(device, edge, link, last, None, objective, power)]
+    ignored = _Removed({})
+    if _cut_allowed(first, 0, len(device.cuts) - 1, edge, c, ignored):
+        found += [_candidate(device, edge, link, first, k, objective, power)
+                  for k in _codecs_allowed(first, c, ignored)]
+    return _rank(found)
 
 
 def choose(device_profile: DeviceProfile, edge_profile: EdgeProfile, link: Link,
@@ -335,23 +392,19 @@ def choose(device_profile: DeviceProfile, edge_profile: EdgeProfile, link: Link,
     ``predicted_s`` is always the end-to-end latency of the chosen pair, whatever the objective.
     """
     _check_inputs(device_profile, edge_profile, link, objective)
-    score = OBJECTIVES[objective]
     removed = _Removed({})
-    cands = []
-    for cut, codec in _pairs(device_profile, edge_profile, constraints, removed):
-        b = _breakdown(device_profile, edge_profile, link, cut, codec)
-        cands.append(Candidate(cut_id=cut.cut_id, cut_name=cut.name,
-                               codec=None if codec is None else codec.codec,
-                               objective_value=score(b, power), breakdown=b,
-                               head_flops=cut.head_flops))
+    cands = [_candidate(device_profile, edge_profile, link, cut, codec, objective, power)
+             for cut, codec in _pairs(device_profile, edge_profile, constraints, removed)]
     if not cands:
         raise PlanningError(f"no (cut, codec) is allowed for {device_profile.model!r}: "
                             f"{removed.explain()}; relax one of these constraints")
     ranked = _rank(cands)
     best = ranked[0]
     notes = tuple(f"{name} removed {', '.join(items)}" for name, items in removed.by.items())
+    baselines = _baselines(device_profile, edge_profile, link, constraints, objective, power)
+    edge_only = [b.breakdown.total_s for b in baselines if b.codec is not None]
     return Plan(cut_id=best.cut_id, cut_name=best.cut_name, codec=best.codec, objective=objective,
                 predicted_s=best.breakdown.total_s, breakdown=best.breakdown, alternatives=ranked,
                 device_only_s=device_profile.cuts[-1].head_s,
-                edge_only_s=_edge_only_s(device_profile, edge_profile, link, constraints),
-                link=link, notes=notes)
+                edge_only_s=min(edge_only) if edge_only else None,
+                link=link, notes=notes, baselines=baselines)

@@ -58,8 +58,12 @@ def _check_int(owner: object, *names: str) -> None:
 class CodecCost:
     """What sending one cut's tensors with one codec costs.
 
-    ``encode_s`` runs on the device, ``decode_s`` on the edge; ``error`` is the codec's measured
-    error on calibration data (max relative error or 1 - cosine), 0 for lossless codecs.
+    ``encode_s`` runs on the device, ``decode_s`` on the edge. ``error`` is how far the model's
+    answer moves when this cut's tensors travel through this codec, measured: the relative L2
+    error of the outputs against the unsplit model's on the same input (the profiler measures
+    it on its inputs; ``splitinfer fidelity`` over a dataset, see ``DeviceProfile.error_source``);
+    0 for lossless codecs. ``agreement``: the fraction of inputs whose top-1 class stayed the
+    unsplit model's, when a fidelity run measured it (None: not measured).
     """
 
     codec: str
@@ -67,22 +71,33 @@ class CodecCost:
     encode_s: float
     decode_s: float
     error: float = 0.0
+    agreement: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.codec, str) or not self.codec:
             raise ValueError(f"CodecCost.codec is {self.codec!r}; expected a codec name")
         _check_int(self, "request_bytes")
         _check(self, "encode_s", "decode_s", "error")
+        if self.agreement is not None:
+            value = self.agreement
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not 0 <= value <= 1:
+                raise ValueError(f"CodecCost.agreement is {value!r}; expected None or a "
+                                 f"fraction in [0, 1]")
+            object.__setattr__(self, "agreement", float(value))
 
     def to_json(self) -> dict[str, Any]:
         return {"codec": self.codec, "request_bytes": self.request_bytes,
-                "encode_s": self.encode_s, "decode_s": self.decode_s, "error": self.error}
+                "encode_s": self.encode_s, "decode_s": self.decode_s, "error": self.error,
+                "agreement": self.agreement}
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> "CodecCost":
+        agreement = obj.get("agreement")
         return cls(codec=str(obj["codec"]), request_bytes=int(obj["request_bytes"]),
                    encode_s=float(obj["encode_s"]), decode_s=float(obj["decode_s"]),
-                   error=float(obj.get("error", 0.0)))
+                   error=float(obj.get("error", 0.0)),
+                   agreement=None if agreement is None else float(agreement))
 
 
 @dataclass(frozen=True)
@@ -133,9 +148,14 @@ class DeviceProfile:
     cuts: tuple[CutCost, ...]
     response_bytes: int
     response_decode_s: float = 0.0
+    #: where the codecs' ``error`` / ``agreement`` come from, in words (e.g. "splitinfer
+    #: fidelity: 18 inputs from frames/"); empty: the profiler's own inputs
+    error_source: str = ""
 
     def __post_init__(self) -> None:
         _check_int(self, "threads", "response_bytes")
+        if not isinstance(self.error_source, str):
+            raise ValueError(f"DeviceProfile.error_source is {self.error_source!r}; expected text")
         _check(self, "response_decode_s")
         object.__setattr__(self, "cuts", tuple(self.cuts))
         ids = [c.cut_id for c in self.cuts]
@@ -157,7 +177,7 @@ class DeviceProfile:
     def to_json(self) -> dict[str, Any]:
         return {"model": self.model, "fingerprint": self.fingerprint, "threads": self.threads,
                 "cuts": [c.to_json() for c in self.cuts], "response_bytes": self.response_bytes,
-                "response_decode_s": self.response_decode_s}
+                "response_decode_s": self.response_decode_s, "error_source": self.error_source}
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> "DeviceProfile":
@@ -165,7 +185,8 @@ class DeviceProfile:
                    threads=int(obj["threads"]),
                    cuts=tuple(CutCost.from_json(c) for c in obj["cuts"]),
                    response_bytes=int(obj["response_bytes"]),
-                   response_decode_s=float(obj.get("response_decode_s", 0.0)))
+                   response_decode_s=float(obj.get("response_decode_s", 0.0)),
+                   error_source=str(obj.get("error_source", "")))
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,14 @@
 repeat instead of one per cut), scaled to the plain run time of the whole model (timing each
 node has its own cost), and a cut's head latency is the median over runs of that run's time up
 to the cut (not a sum of per-node medians, which would miss stalls); it encodes/decodes
-every cut's real crossing tensors with every codec: bytes sent, encode and decode time, and the
-codec's error on that data (sizes depend on the data: zstd on post-ReLU activations). Runs are
+every cut's real crossing tensors with every codec that can carry them (``Codec.applies_to``:
+image codecs carry uint8 frames, so only cut 0 of an image bundle): bytes sent, encode and
+decode time (sizes depend on the data: zstd on post-ReLU activations, JPEG on the frame), and
+the error it causes in the model's OUTPUT (the cut's tail run on the decoded tensors against
+the tail on the originals, :func:`splitinfer.core.compare.relative_error`, the max over the
+batch; 0 without a tail run when every tensor travelled losslessly). Tail runs for the error
+happen after a codec's timed runs, never inside them. Real inputs give real figures: pass
+frames, not noise, as ``inputs``. Runs are
 timed the way requests run: the model after idle (``COLD_IDLE_S``), one run at a time, and
 so are what a request does first after a wait (decoding the answer; its head and encoding:
 a cut's encoding is timed after idle and its head, as a request runs it). ``slowdown=K``
@@ -24,7 +30,8 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 import torch
 
-from splitinfer.codec import EncodedTensor, encoded_nbytes, get_codec, list_codecs
+from splitinfer.codec import IMAGE_CODECS, EncodedTensor, encoded_nbytes, get_codec, list_codecs
+from splitinfer.core.compare import relative_error
 from splitinfer.core.profiles import CodecCost, CutCost, DeviceProfile, EdgeProfile
 from splitinfer.model.tensors import decode_torch
 from splitinfer.wire import convert
@@ -38,8 +45,12 @@ if TYPE_CHECKING:
 __all__ = ["profile_device", "profile_edge_locally", "edge_profile_from_info",
            "DEFAULT_CODECS"]
 
-#: the codecs a profile measures unless told otherwise (all float codecs, with and without zstd)
-DEFAULT_CODECS = tuple(c for c in list_codecs() if not c.startswith("raw"))
+#: the float codecs (with and without zstd; raw aside: fp32 is as big and always applies)
+_FLOAT_CODECS = tuple(c for c in list_codecs() if not c.startswith("raw")
+                      and c not in IMAGE_CODECS and get_codec(c).applies_to("float32", (1, 8)))
+#: the codecs a profile measures unless told otherwise: every float codec, and the image
+#: codecs (measured only where a uint8 frame crosses: cut 0 of an image bundle)
+DEFAULT_CODECS = _FLOAT_CODECS + tuple(IMAGE_CODECS)
 
 
 #: idle before a timed call that, in a request, comes first after a wait (decoding the answer;
@@ -73,10 +84,14 @@ def _median_time(fn: Callable[[], Any], repeats: int, device: SlowDevice | None 
     return statistics.median(_timed(fn, device, cold, before) for _ in range(repeats)), result
 
 
+#: error of a codec's decoded tensors (the encodings and the decoded tensors, in order)
+_ErrorOf = Callable[[Sequence[EncodedTensor], Sequence[torch.Tensor]], float]
+
+
 def _codec_cost(name: str, tensors: Sequence[torch.Tensor], repeats: int,
                 device: SlowDevice | None = None, cold_encode: bool = False,
-                cold_decode: bool = False, before_encode: Callable[[], Any] | None = None
-                ) -> CodecCost:
+                cold_decode: bool = False, before_encode: Callable[[], Any] | None = None,
+                error_of: _ErrorOf | None = None) -> CodecCost:
     """Bytes, times and error of sending ``tensors`` with codec ``name``. ``encode_s`` is the
     codec plus building and serializing the message that carries its output, ``decode_s``
     parsing that message plus the codec's decode: the per-request work around the codec,
@@ -85,7 +100,8 @@ def _codec_cost(name: str, tensors: Sequence[torch.Tensor], repeats: int,
     is timed after ``COLD_IDLE_S`` of idle. ``before_encode``: what a request runs right before
     encoding (the head), run untimed after the idle and before each timed encode: back to
     back, the same encode took 0.3-0.5 ms less CPU here than after idle and its head (0.24
-    against 0.60 ms at MobileNetV3-Small's cut 6), milliseconds on a slow device."""
+    against 0.60 ms at MobileNetV3-Small's cut 6), milliseconds on a slow device.
+    ``error_of``: the error, computed after both timings (0 when None)."""
     codec = get_codec(name)
     names = [f"t{i}" for i in range(len(tensors))]
 
@@ -100,14 +116,65 @@ def _codec_cost(name: str, tensors: Sequence[torch.Tensor], repeats: int,
     encode_s, (encoded, wire) = _median_time(encode, repeats, device, cold_encode,
                                              before_encode)
     decode_s, decoded = _median_time(decode, repeats, device, cold_decode)
-    error = 0.0
-    for t, d in zip(tensors, decoded):
-        if t.is_floating_point() and t.numel():
-            scale = float(t.abs().max())
-            err = float((t.float() - d.float()).abs().max())
-            error = max(error, err / scale if scale else err)
+    error = 0.0 if error_of is None else error_of(encoded, decoded)
     return CodecCost(codec=name, request_bytes=sum(encoded_nbytes(e) for e in encoded),
                      encode_s=encode_s, decode_s=decode_s, error=error)
+
+
+def _lossless(encoded: Sequence[EncodedTensor]) -> bool:
+    """True when every tensor travelled bit-exact: raw, or fp32 of a float32 tensor."""
+    return all(e.codec.startswith("raw")
+               or (e.codec.split("+")[0] == "fp32" and e.dtype == "float32") for e in encoded)
+
+
+def _as_tuple(outputs: Any) -> tuple[Any, ...]:
+    return outputs if isinstance(outputs, tuple) else (outputs,)
+
+
+def _output_error(make_tail: Callable[[], Callable[..., Any]],
+                  crossing: Sequence[torch.Tensor]) -> _ErrorOf:
+    """The error a codec causes in the model's output: the cut's tail (``make_tail()``) run on
+    the decoded tensors against the tail on the originals (``crossing``); the largest
+    per-sample relative L2 error over the outputs. The tail is built and the reference run on
+    first need: when every codec is lossless there is no tail run at all."""
+    made: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
+
+    def error_of(encoded: Sequence[EncodedTensor], decoded: Sequence[torch.Tensor]) -> float:
+        if _lossless(encoded):
+            return 0.0
+        with torch.no_grad():
+            if not made:
+                tail = make_tail()
+                made.append((tail, _as_tuple(tail(*crossing))))
+            tail, reference = made[0]
+            outputs = _as_tuple(tail(*decoded))
+        return max((float(relative_error(r, o).max(initial=0.0))
+                    for r, o in zip(reference, outputs)), default=0.0)
+    return error_of
+
+
+def _fits(name: str, tensors: Sequence[torch.Tensor]) -> bool:
+    """Whether codec ``name`` can carry every one of ``tensors``."""
+    codec = get_codec(name)
+    return all(codec.applies_to(str(t.dtype).removeprefix("torch."), tuple(t.shape))
+               for t in tensors)
+
+
+def _cut_costs(sm: SplitModel, cut_id: int, inputs: Sequence[torch.Tensor],
+               crossing: Sequence[torch.Tensor], codecs: Sequence[str], repeats: int,
+               device: SlowDevice | None) -> tuple[CodecCost, ...]:
+    """Every codec in ``codecs`` that fits ``crossing``, measured at ``cut_id`` as a request
+    runs it (after idle and its head), with its output error."""
+    fitting = [name for name in codecs if _fits(name, crossing)]
+    if not fitting:
+        return ()
+    head = sm.head(cut_id)
+    # a tail kept for this cut only (cache=False): every cut's tail at once would add up
+    error_of = _output_error(lambda: sm.tail(cut_id, cache=False), crossing)
+    return tuple(_codec_cost(name, crossing, repeats, device, cold_encode=True,
+                             before_encode=None if cut_id == 0 else lambda: head(*inputs),
+                             error_of=error_of)
+                 for name in fitting)
 
 
 def _message(encoded: Sequence[EncodedTensor]) -> inference_pb2.InferResponse:
@@ -184,6 +251,9 @@ def profile_device(sm: SplitModel, inputs: Sequence[torch.Tensor] | None = None,
                    slowdown: float = 1.0) -> DeviceProfile:
     """Profile ``sm`` (a SplitModel) on this machine with ``inputs`` (default: its examples).
 
+    ``codecs``: measured at each cut where they can carry every crossing tensor (a codec that
+    fits no cut is absent from the profile); their ``error`` is the model's output error.
+
     ``cut_ids`` limits the cuts measured (the first and last cut are always included).
     ``slowdown`` > 1 profiles an emulated device that many times slower than this thread
     (:class:`splitinfer.measure.slowdown.SlowDevice`: each timed run idles ``slowdown − 1`` times the
@@ -209,12 +279,9 @@ def profile_device(sm: SplitModel, inputs: Sequence[torch.Tensor] | None = None,
         sm(*inputs)  # warm-up
         for done, cut_id in enumerate(ids, 1):
             cut = sm.cut(cut_id)
-            head = sm.head(cut_id)
-            crossing = head(*inputs)
-            costs = () if cut_id == last else tuple(
-                _codec_cost(name, crossing, repeats, device, cold_encode=True,
-                            before_encode=None if cut_id == 0 else lambda: head(*inputs))
-                for name in codecs)
+            crossing = sm.head(cut_id)(*inputs)
+            costs = () if cut_id == last else \
+                _cut_costs(sm, cut_id, inputs, crossing, codecs, repeats, device)
             measured.append((cut, costs, _head_memory(sm, cut_id, crossing)))
             if done - 1 in plain_after:
                 plains.append(_plain_run(sm, inputs, device))

@@ -3,7 +3,7 @@
 See :mod:`splitinfer.model.manifest` for the layout. ``save_bundle`` writes a bundle atomically;
 ``load_bundle`` rebuilds the :class:`~splitinfer.model.split_model.SplitModel` without the
 model's Python class and refuses a bundle whose files are missing, truncated, altered, or whose
-program does not match the manifest (fingerprint or cuts).
+program does not match the manifest (fingerprint, cuts, or an image bundle's normalization).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from .manifest import (
 if TYPE_CHECKING:  # torch and the model code load lazily: reading a manifest needs neither
     from torch import nn
 
+    from .image_input import ImageInput
     from .split_model import SplitModel
 
 __all__ = ["save_bundle", "load_bundle", "export_bundle", "Manifest", "read_manifest"]
@@ -72,7 +73,7 @@ def save_bundle(sm: SplitModel, directory: str | os.PathLike[str], *, name: str 
                             capture=sm.capture, inputs=tuple(sm.input_specs),
                             outputs=tuple(sm.output_specs), cuts=tuple(sm.cuts), files=files,
                             max_cut_tensors=sm.max_cut_tensors,
-                            torch_version=torch.__version__)
+                            torch_version=torch.__version__, image_input=sm.image_input)
         (tmp / MANIFEST).write_text(json.dumps(manifest.to_json(), indent=2) + "\n")
         if target.exists():
             shutil.rmtree(target)
@@ -108,10 +109,13 @@ def load_bundle(directory: str | os.PathLike[str]) -> SplitModel:
         raise BundleError(f"{directory / EXAMPLES}: cannot be loaded ({exc})") from exc
     captured = Captured("export", program.graph_module, program,
                         [s.name for s in manifest.outputs])
+    if manifest.image_input is not None:
+        _check_image_program(directory, program, manifest.image_input)
     try:
         sm = SplitModel(captured, examples, name=manifest.name,
                         max_cut_tensors=manifest.max_cut_tensors,
-                        cut_names=[c.name for c in manifest.cuts])
+                        cut_names=[c.name for c in manifest.cuts],
+                        image_input=manifest.image_input)
     except Exception as exc:
         raise BundleError(f"{directory}: the program does not match its manifest "
                           f"({type(exc).__name__}: {exc})") from exc
@@ -131,6 +135,28 @@ def load_bundle(directory: str | os.PathLike[str]) -> SplitModel:
     sm.version = manifest.version
     sm.manifest = manifest
     return sm
+
+
+def _check_image_program(directory: Path, program: Any, image: ImageInput) -> None:
+    """The program normalizes frames as the manifest's image_input says (mean, std, scale)."""
+    import torch
+
+    from .capture import WRAPPED
+
+    state = program.state_dict
+    want = {"mean": image.mean, "std": image.std}
+    for key, values in want.items():
+        buf = state.get(f"{WRAPPED}.{key}")
+        if not isinstance(buf, torch.Tensor) or \
+                not torch.equal(buf.reshape(-1).cpu(), torch.tensor(values, dtype=buf.dtype)):
+            raise BundleError(f"{directory}: the manifest's image_input {key} {values} is not "
+                              "what the program normalizes with; the manifest was edited or "
+                              "belongs to another bundle: re-export the bundle")
+    divisors = [n.args[1] for n in program.graph.nodes if n.op == "call_function"
+                and str(n.target) == "aten.div.Tensor" and isinstance(n.args[1], float)]
+    if not divisors or abs(divisors[0] * image.scale - 1) > 1e-9:
+        raise BundleError(f"{directory}: the manifest's image_input scale {image.scale:g} is "
+                          "not what the program scales frames with; re-export the bundle")
 
 
 def export_bundle(model: nn.Module, example_inputs: Sequence[Any], directory: str | os.PathLike[str],

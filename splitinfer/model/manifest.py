@@ -2,7 +2,8 @@
 
 A bundle is a directory::
 
-    manifest.json   name, version, fingerprint, input/output specs, cuts, file checksums
+    manifest.json   name, version, fingerprint, input/output specs, cuts, file checksums,
+                    and for an image bundle ``image_input`` (uint8 NHWC frames, mean/std)
     program.pt2     the captured program (torch.export format; no pickled Python classes)
     examples.pt     the example inputs (tensors only; loaded with weights_only=True)
 
@@ -23,7 +24,10 @@ from typing import Any
 from splitinfer.core.errors import BundleError
 from splitinfer.core.spec import Cut, TensorSpec
 
+from .image_input import ImageInput
+
 __all__ = ["Manifest", "read_manifest", "verify_files", "sha256_file", "check_name",
+           "check_image_spec",
            "FORMAT", "FORMAT_VERSION", "MANIFEST", "PROGRAM", "EXAMPLES"]
 
 FORMAT = "splitinfer-bundle"
@@ -48,8 +52,11 @@ class Manifest:
     files: dict[str, dict[str, Any]]
     max_cut_tensors: int
     torch_version: str = ""
+    #: how the bundle's uint8 NHWC frame input is normalized; None: not an image bundle
+    image_input: ImageInput | None = None
 
     def to_json(self) -> dict[str, Any]:
+        extra = {} if self.image_input is None else {"image_input": self.image_input.to_json()}
         return {
             "format": FORMAT, "format_version": FORMAT_VERSION,
             "name": self.name, "version": self.version, "fingerprint": self.fingerprint,
@@ -59,6 +66,7 @@ class Manifest:
             "outputs": [s.to_json() for s in self.outputs],
             "cuts": [c.to_json() for c in self.cuts],
             "files": self.files,
+            **extra,
         }
 
 
@@ -107,10 +115,13 @@ def read_manifest(directory: str | os.PathLike[str]) -> Manifest:
             outputs=tuple(TensorSpec.from_json(s) for s in obj["outputs"]),
             cuts=tuple(Cut.from_json(c) for c in obj["cuts"]),
             files=dict(obj["files"]), max_cut_tensors=int(obj["max_cut_tensors"]),
-            torch_version=str(obj.get("torch_version", "")))
+            torch_version=str(obj.get("torch_version", "")),
+            image_input=_image_input(path, obj.get("image_input")))
     except (KeyError, TypeError, ValueError) as exc:
         raise BundleError(f"{path}: missing or malformed field ({type(exc).__name__}: {exc})"
                           ) from exc
+    if manifest.image_input is not None:
+        check_image_spec(path, manifest.inputs, manifest.image_input)
     if [c.id for c in manifest.cuts] != list(range(len(manifest.cuts))) or not manifest.cuts:
         raise BundleError(f"{path}: cut ids must be 0..N-1 in order")
     for fname in (PROGRAM, EXAMPLES):
@@ -119,6 +130,26 @@ def read_manifest(directory: str | os.PathLike[str]) -> Manifest:
                 not isinstance(entry.get("bytes"), int):
             raise BundleError(f"{path}: files[{fname!r}] must have 'sha256' and 'bytes'")
     return manifest
+
+
+def _image_input(path: Path, obj: Any) -> ImageInput | None:
+    if obj is None:  # bundles from before image inputs have no field: not an image bundle
+        return None
+    try:
+        return ImageInput.from_json(obj)
+    except ValueError as exc:
+        raise BundleError(f"{path}: bad image_input ({exc}); re-export the bundle") from exc
+
+
+def check_image_spec(where: Any, inputs: tuple[TensorSpec, ...], image: ImageInput) -> None:
+    """Raise BundleError unless ``inputs`` are one uint8 (N, H, W, C) frame that ``image`` fits."""
+    spec = inputs[0] if len(inputs) == 1 else None
+    if spec is None or spec.dtype != "uint8" or len(spec.shape) != 4 or \
+            spec.shape[3] not in (1, 3, 4) or image.channels not in (1, spec.shape[3]):
+        got = [f"{s.name}: {s.dtype}{list(s.shape)}" for s in inputs]
+        raise BundleError(f"{where}: image_input needs one uint8 NHWC input with "
+                          f"{image.channels} channel(s), the bundle's inputs are {got}; the "
+                          "manifest is inconsistent, re-export the bundle")
 
 
 def verify_files(directory: Path, manifest: Manifest) -> None:

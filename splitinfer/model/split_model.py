@@ -6,6 +6,10 @@ builds the head and tail module of any cut on demand. For every cut,
 ``tail(*head(*inputs))`` computes exactly what ``model(*inputs)`` computes (same ops, same
 order, bit for bit in fp32 eval mode), for any batch size, whether the tail gets the head's
 tensors as they are or contiguous copies of them (what a decoder gives).
+
+``partition(..., image_input=IMAGENET)`` makes an image bundle: the model is wrapped in
+:class:`~splitinfer.model.preprocess.ImageModel`, so its input is a uint8 NHWC frame and the
+normalization is the first part of the graph (cut 0 carries the frame itself).
 """
 
 from __future__ import annotations
@@ -18,11 +22,13 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import torch
 from torch import fx, nn
 
-from splitinfer.core.errors import PartitionError
-from splitinfer.core.spec import Cut, TensorSpec
+from splitinfer.core.errors import InvalidRequest, PartitionError
+from splitinfer.core.spec import Cut, TensorSpec, check_tensors
 
 from .capture import WRAPPED, Captured, capture_model, example_batches
 from .graphcut import CutPoint, GraphCutter, unlift_program
+from .image_input import ImageInput
+from .preprocess import ImageModel, example_frames
 
 if TYPE_CHECKING:
     from .manifest import Manifest
@@ -37,6 +43,9 @@ DEFAULT_MAX_CUT_TENSORS = 4
 #: the two batch sizes the graph is run at to tell dynamic dims and per-sample FLOPs
 _RUN_BATCHES = (2, 3)
 
+#: cut names of an image bundle's preprocessing nodes start with this ("image.div")
+IMAGE_PREFIX = "image."
+
 
 class _Segment(nn.Module):
     """A head or tail: runs its graph without autograd; a tail with one output returns it bare.
@@ -44,22 +53,31 @@ class _Segment(nn.Module):
     ``contiguous`` marks the inputs the graph expects contiguous: any other layout (a tensor
     a caller transposed) is copied first, so the graph's views see the strides it was
     recorded with. Inputs the graph lays out itself (see ``GraphCutter.entry_order``) pass as
-    they come.
+    they come. ``specs`` (an image bundle's head) are checked first: a captured graph would
+    run a float or NCHW tensor through its uint8 NHWC preprocessing without a word.
     """
 
     def __init__(self, gm: fx.GraphModule, n_inputs: int, what: str, unwrap: bool,
-                 contiguous: Sequence[bool] = ()) -> None:
+                 contiguous: Sequence[bool] = (), specs: Sequence[TensorSpec] = ()) -> None:
         super().__init__()
         self.graph_module = gm
         self.n_inputs = n_inputs
         self.what = what
         self.unwrap = unwrap
         self.contiguous = tuple(contiguous) or (False,) * n_inputs
+        self.specs = tuple(specs)
 
     def forward(self, *tensors: torch.Tensor) -> Any:
         if len(tensors) != self.n_inputs:
             raise PartitionError(f"{self.what} takes {self.n_inputs} tensor(s), got "
                                  f"{len(tensors)}")
+        if self.specs:
+            try:
+                check_tensors(self.specs, tensors, self.what, "input")
+            except InvalidRequest as exc:
+                raise PartitionError(f"{exc}. This model takes uint8 NHWC frames (batch, "
+                                     "height, width, channels), as a camera or image decoder "
+                                     "gives them, and normalizes them itself") from None
         tensors = tuple(t.contiguous() if want and isinstance(t, torch.Tensor) else t
                         for t, want in zip(tensors, self.contiguous))
         with torch.no_grad():
@@ -99,8 +117,11 @@ class SplitModel:
 
     def __init__(self, captured: Captured, example_inputs: Sequence[torch.Tensor], *,
                  name: str = "model", max_cut_tensors: int = DEFAULT_MAX_CUT_TENSORS,
-                 cut_names: Sequence[str] | None = None) -> None:
+                 cut_names: Sequence[str] | None = None,
+                 image_input: ImageInput | None = None) -> None:
         self.name = name
+        #: how the uint8 NHWC frame input is normalized; None: not an image bundle
+        self.image_input = image_input
         self.version = "1"
         self.manifest: Manifest | None = None  # what load_bundle read it from
         self.device = torch.device("cpu")
@@ -149,10 +170,21 @@ class SplitModel:
             elif i == last:
                 base = "output"
             else:
-                base = self._cutter.node_label(self._cutter.nodes[p.position], WRAPPED + ".")
+                base = self._label(self._cutter.nodes[p.position])
             counts[base] = counts.get(base, 0) + 1
             names.append(base if counts[base] == 1 else f"{base}#{counts[base]}")
         return names
+
+    def _label(self, node: fx.Node) -> str:
+        """The node's cut name; an image model's own nodes are 'image.<op>', and the wrapped
+        model's names are those the model has in a plain bundle ('layer1', not 'model.layer1')."""
+        if self.image_input is None:
+            return self._cutter.node_label(node, WRAPPED + ".")
+        stack = node.meta.get("nn_module_stack")
+        path = list(stack.values())[-1][0] if stack else ""
+        if str(path).removeprefix("L__self__") == WRAPPED:  # ImageModel.forward itself
+            return IMAGE_PREFIX + self._cutter.node_label(node, WRAPPED + ".")
+        return self._cutter.node_label(node, f"{WRAPPED}.{WRAPPED}.")
 
     def _make_cut(self, i: int, p: CutPoint, name: str) -> Cut:
         tensors = tuple(TensorSpec(n.name, self._cutter.spec_shape(n),
@@ -184,8 +216,9 @@ class SplitModel:
         cut = self.cut(cut_id)
         if cut.id not in self._heads:
             gm = self._cutter.build_head(self._points[cut.id])
+            specs = self.input_specs if self.image_input is not None else ()
             self._heads[cut.id] = _Segment(gm, len(self.input_specs), f"head({cut.id})",
-                                           unwrap=False).eval()
+                                           unwrap=False, specs=specs).eval()
         return self._heads[cut.id]
 
     def tail(self, cut_id: int, *, cache: bool = True) -> nn.Module:
@@ -244,26 +277,49 @@ class SplitModel:
 
 def partition(model: nn.Module, example_inputs: Sequence[torch.Tensor] | torch.Tensor, *,
               name: str | None = None, dynamic_shapes: Any = None, capture: str = "auto",
-              max_cut_tensors: int = DEFAULT_MAX_CUT_TENSORS) -> SplitModel:
+              max_cut_tensors: int = DEFAULT_MAX_CUT_TENSORS,
+              image_input: ImageInput | None = None) -> SplitModel:
     """Capture ``model`` and list its cuts.
 
     ``example_inputs``: one tensor per model input, dim 0 the batch dim (any size ≥ 1).
     ``capture``: "auto" (torch.export, falling back to torch.fx), "export" or "fx".
     ``max_cut_tensors``: positions where more tensors are alive are not cuts.
+    ``image_input``: the model takes one image; the split model takes it as uint8 frames
+    (N, H, W, C) and normalizes them in its graph (see :mod:`splitinfer.model.preprocess`).
+    The example is then the model's own float input (N, C, H, W), or uint8 frames.
     """
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
     example_inputs = tuple(example_inputs)
     if not isinstance(max_cut_tensors, int) or max_cut_tensors < 1:
         raise PartitionError(f"max_cut_tensors must be an int >= 1, got {max_cut_tensors!r}")
+    name = name or type(model).__name__.lower()
     was_training = model.training if isinstance(model, nn.Module) else False
+    wrapped = model
+    if image_input is not None:
+        wrapped, example_inputs = _image_model(model, example_inputs, image_input)
     try:
-        captured = capture_model(model, example_inputs, dynamic_shapes=dynamic_shapes,
+        captured = capture_model(wrapped, example_inputs, dynamic_shapes=dynamic_shapes,
                                  method=capture)
-        sm = SplitModel(captured, example_inputs, name=name or type(model).__name__.lower(),
-                        max_cut_tensors=max_cut_tensors)
+        sm = SplitModel(captured, example_inputs, name=name, max_cut_tensors=max_cut_tensors,
+                        image_input=image_input)
     finally:
         if was_training:
             model.train()
     log.info("partitioned %s with %s: %d cuts", sm.name, sm.capture, len(sm.cuts))
     return sm
+
+
+def _image_model(model: nn.Module, example_inputs: tuple[torch.Tensor, ...],
+                 image_input: ImageInput) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    """``model`` behind its preprocessing, and uint8 frames to capture it with."""
+    if not isinstance(image_input, ImageInput):
+        raise PartitionError(f"image_input must be an ImageInput (e.g. splitinfer.IMAGENET), "
+                             f"got {type(image_input).__name__}")
+    if len(example_inputs) != 1:
+        raise PartitionError(f"image_input needs a model with one input (the image); the "
+                             f"example has {len(example_inputs)} inputs")
+    if isinstance(model, ImageModel):
+        raise PartitionError("the model is already an ImageModel; pass the bare model and "
+                             "image_input, or the ImageModel without image_input")
+    return ImageModel(model, image_input), (example_frames(example_inputs[0], image_input),)

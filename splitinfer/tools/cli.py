@@ -45,6 +45,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             style="bold")
     ui.line("inputs:  " + ", ".join(f"{s.name}{list(s.shape)}:{s.dtype}" for s in m.inputs))
     ui.line("outputs: " + ", ".join(f"{s.name}{list(s.shape)}:{s.dtype}" for s in m.outputs))
+    if m.image_input is not None:
+        ui.line(f"image input: {m.image_input.describe()} (normalized in the graph; cut 0 "
+                "carries the frame)")
     ui.table([("id", "right"), "name", ("device FLOPs", "right"), ("KB/sample fp32", "right"),
               "tensors"],
              [(c.id, c.name, f"{c.head_flops_fraction:.1%}", f"{c.nbytes_per_sample / 1024:.1f}",
@@ -204,6 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .plan import add_parser as add_plan_parser
 
     add_plan_parser(sub, _arg_type)
+
+    from .fidelity import add_parser as add_fidelity_parser
+
+    add_fidelity_parser(sub, _arg_type)
 
     n = sub.add_parser("netem", help="run a TCP proxy that emulates a link "
                                      "(rate, delay, jitter)")

@@ -4,6 +4,12 @@
 
     splitinfer export torchvision.models:resnet18 --example-shape 1,3,224,224 -o bundles/r18
     splitinfer export --from-bundle bundles/r18 --onnx --cut 12 --json
+    splitinfer export torchvision.models:mobilenet_v3_small --example-shape 1,3,224,224 \
+        --image-input imagenet -o bundles/mnv3    # takes uint8 frames 1x224x224x3
+
+With ``--image-input`` (or ``--image-mean``/``--image-std``) the bundle takes uint8 NHWC frames
+and normalizes them in its graph (:mod:`splitinfer.model.preprocess`); ``--example-shape``
+stays the model's own float NCHW shape.
 
 A spinner per stage (building the model, capturing it and finding its cuts, writing) and a bar
 over the ONNX cuts on a terminal; ``--json`` prints a summary of what was written.
@@ -13,12 +19,15 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from splitinfer.core.errors import SplitInferError
 
 from .console import Output, add_output_flags
 from .factory import example_inputs, load_factory, parse_shape, quiet_torch
+
+if TYPE_CHECKING:
+    from splitinfer.model.image_input import ImageInput
 
 __all__ = ["cmd_export", "add_parser"]
 
@@ -44,6 +53,48 @@ def _check_export_args(args: argparse.Namespace) -> None:
                                   "--example-shape")
     elif not args.example_shape or not args.output:
         raise SplitInferError("exporting MODULE:FACTORY needs --example-shape and -o DIR")
+
+
+def _floats(flag: str, text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise SplitInferError(f"{flag} {text!r}: give one number per channel, separated by "
+                              "commas, e.g. 0.485,0.456,0.406") from None
+
+
+def image_input_from_args(args: argparse.Namespace) -> ImageInput | None:
+    """The ``--image-*`` flags as an ImageInput (None without them); bad combinations refused."""
+    from splitinfer.model.image_input import PRESETS, ImageInput
+
+    custom = args.image_mean is not None or args.image_std is not None
+    if args.image_input is None and not custom and args.image_scale is None:
+        return None
+    if args.from_bundle:
+        raise SplitInferError("--image-input/--image-mean/--image-std/--image-scale describe "
+                              "a new bundle's input; a bundle made with --from-bundle keeps "
+                              "its own: drop them")
+    if args.image_input is not None and (custom or args.image_scale is not None):
+        raise SplitInferError(f"--image-input {args.image_input} is a preset (mean, std and "
+                              "scale): drop --image-mean/--image-std/--image-scale, or drop "
+                              "the preset and give --image-mean and --image-std")
+    if args.image_input is None and (args.image_mean is None or args.image_std is None):
+        raise SplitInferError("a custom image input needs both --image-mean and --image-std "
+                              "(one value per channel each), e.g. --image-mean 0.5,0.5,0.5 "
+                              "--image-std 0.5,0.5,0.5; or use --image-input "
+                              f"{'|'.join(PRESETS)}")
+    if len(args.example_shape or ()) > 1:
+        raise SplitInferError("an image model takes one input: give one --example-shape, the "
+                              "model's own float N,C,H,W shape (e.g. 1,3,224,224); the bundle "
+                              "then takes uint8 frames N,H,W,C")
+    if args.image_input is not None:
+        return PRESETS[args.image_input]
+    try:
+        return ImageInput(mean=_floats("--image-mean", args.image_mean),
+                          std=_floats("--image-std", args.image_std),
+                          scale=1 / 255 if args.image_scale is None else args.image_scale)
+    except ValueError as exc:
+        raise SplitInferError(f"bad --image-mean/--image-std/--image-scale: {exc}") from exc
 
 
 def _resolve_cuts(manifest: Any, keys: Sequence[str]) -> list[int]:
@@ -104,8 +155,11 @@ def _export_summary(directory: str, onnx_files: list[str]) -> dict[str, Any]:
     from splitinfer.model.manifest import read_manifest
 
     m = read_manifest(directory)
-    return {"bundle": str(directory), "name": m.name, "version": m.version,
-            "fingerprint": m.fingerprint, "cuts": len(m.cuts), "onnx": onnx_files}
+    summary = {"bundle": str(directory), "name": m.name, "version": m.version,
+               "fingerprint": m.fingerprint, "cuts": len(m.cuts), "onnx": onnx_files}
+    if m.image_input is not None:  # only image bundles have the key, as in the manifest
+        summary["image_input"] = m.image_input.to_json()
+    return summary
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -113,6 +167,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from splitinfer.model.split_model import partition
 
     _check_export_args(args)
+    image_input = image_input_from_args(args)
     ui: Output = args.ui
     directory = args.from_bundle or args.output
     if not args.from_bundle:
@@ -125,16 +180,37 @@ def cmd_export(args: argparse.Namespace) -> int:
         with ui.status(f"capturing {name} with torch.export and finding its cuts"), \
                 quiet_torch(args):
             sm = partition(model, examples, name=name, capture="export",
-                           max_cut_tensors=args.max_cut_tensors)
+                           max_cut_tensors=args.max_cut_tensors, image_input=image_input)
         with ui.status(f"writing the bundle to {args.output}"), quiet_torch(args):
             manifest = save_bundle(sm, args.output, name=name, version=args.version,
                                    overwrite=args.force)
         ui.line(f"wrote bundle {args.output}: {manifest.name} v{manifest.version}, "
                 f"{len(manifest.cuts)} cuts, fingerprint {manifest.fingerprint[:16]}")
+        if manifest.image_input is not None:
+            frame = "x".join("N" if d < 0 else str(d) for d in manifest.inputs[0].shape)
+            ui.line(f"input: frames {frame}, {manifest.image_input.describe()} "
+                    "(normalized in the graph)")
     onnx_files = _export_onnx(args, directory) if args.onnx else []
     if args.json:
         ui.json(_export_summary(directory, onnx_files))
     return 0
+
+
+def _add_image_flags(e: argparse.ArgumentParser) -> None:
+    from splitinfer.model.image_input import PRESETS
+
+    e.add_argument("--image-input", choices=sorted(PRESETS), default=None,
+                   help="the model takes an image: the bundle takes uint8 NHWC frames "
+                        "(N,H,W,C, as a camera or image decoder gives them; NHWC only) and "
+                        "normalizes them in its graph with this preset's mean/std "
+                        "(imagenet: torchvision's); --example-shape stays the model's N,C,H,W")
+    e.add_argument("--image-mean", metavar="M1,M2,M3",
+                   help="custom image input: per-channel mean after scaling (with --image-std)")
+    e.add_argument("--image-std", metavar="S1,S2,S3",
+                   help="custom image input: per-channel std (> 0; with --image-mean)")
+    e.add_argument("--image-scale", type=float, default=None,
+                   help="custom image input: multiplies the uint8 frame before the mean/std "
+                        "(default 1/255: 0..255 -> 0..1)")
 
 
 def add_parser(sub: Any) -> None:
@@ -167,6 +243,7 @@ def add_parser(sub: Any) -> None:
     e.add_argument("--max-cut-tensors", type=int, default=4,
                    help="offer only cuts where at most this many tensors cross (default 4)")
     e.add_argument("--seed", type=int, default=0, help="seed for the example inputs")
+    _add_image_flags(e)
     e.add_argument("--force", action="store_true", help="replace an existing bundle")
     e.add_argument("--onnx", action="store_true",
                    help="also write the ONNX head and tail of every --cut into DIR/onnx/ "

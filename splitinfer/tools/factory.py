@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 from splitinfer.core.errors import SplitInferError
 
-__all__ = ["load_factory", "parse_shape", "example_inputs", "quiet_torch"]
+__all__ = ["load_factory", "load_object", "parse_shape", "example_inputs", "quiet_torch"]
 
 _INT_DTYPES = {"int64", "int32", "int16", "int8", "uint8", "bool"}
 
@@ -26,19 +26,26 @@ def load_factory(spec: str) -> Any:
     Raises SplitInferError naming what is wrong: the form, a module that does not import, or a
     missing attribute.
     """
+    return load_object(spec, bad_form=f"bad model {spec!r}: use MODULE:FACTORY, e.g. "
+                                      "torchvision.models:resnet18 or mypkg.models:build")
+
+
+def load_object(spec: str, *, bad_form: str, prefix: str = "") -> Any:
+    """The object ``MODULE:ATTR[.ATTR...]`` names; SplitInferError ``bad_form`` when ``spec``
+    is not of that form, and one starting with ``prefix`` for a module that does not import or
+    an attribute it lacks."""
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
-        raise SplitInferError(f"bad model {spec!r}: use MODULE:FACTORY, e.g. "
-                              "torchvision.models:resnet18 or mypkg.models:build")
+        raise SplitInferError(bad_form)
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise SplitInferError(f"cannot import {module_name!r} ({exc}); is it installed, or on "
-                              "PYTHONPATH?") from exc
+        raise SplitInferError(f"{prefix}cannot import {module_name!r} ({exc}); is it installed, "
+                              "or on PYTHONPATH?") from exc
     obj: Any = module
     for part in attr.split("."):
         if not hasattr(obj, part):
-            raise SplitInferError(f"{module_name} has no attribute {attr!r}")
+            raise SplitInferError(f"{prefix}{module_name} has no attribute {attr!r}")
         obj = getattr(obj, part)
     return obj
 

@@ -8,10 +8,18 @@ Two ways to get the numbers:
 * live: ``--edge HOST:PORT``; the edge node's own tail latencies and queue delay come from
   ``GetModelInfo`` and the link is measured with ``Probe`` (several payload sizes, robust fit).
 
-Prints the best candidates with their breakdown, the chosen plan and its speedup over
-device-only and edge-only (``--json``: the plan as JSON instead); writes ``plan.json``,
-``plan.png`` (predicted latency against cut) and, with ``--sweep``, ``sweep.png`` (the chosen
-cut against bandwidth). Part of the CLI: it may import every layer.
+The device profile is measured on real inputs: the first sample of ``--data`` (a folder of
+images or ``MODULE:FUNCTION``, read by :func:`splitinfer.tools.datasets.load_samples`), else, for
+an image bundle (a uint8 NHWC frame input), a real photo frame (:mod:`splitinfer.tools.frames`),
+else the bundle's example inputs. An image bundle's frame can leave the device as a JPEG or a
+PNG: those are candidates at cut 0 like any other, and baselines the split has to beat.
+
+Prints the best candidates with their breakdown and request size, the baselines (device-only,
+edge-only with each codec at cut 0) and the chosen plan's speedup over each, the chosen plan
+naming the best baseline (``--json``: the plan as JSON instead); writes ``plan.json``,
+``plan.png`` (predicted latency against cut, the baselines as horizontal lines) and, with
+``--sweep``, ``sweep.png`` (the chosen cut against bandwidth). Part of the CLI: it may import
+every layer.
 """
 
 from __future__ import annotations
@@ -24,13 +32,15 @@ from typing import TYPE_CHECKING, Any
 
 from splitinfer.core.errors import ServingError, SplitInferError
 from splitinfer.core.link import Link, parse_duration, parse_rate
-from splitinfer.core.planner import Constraints, Plan, choose
+from splitinfer.core.planner import Constraints, Plan, baseline_label, choose
 from splitinfer.core.profiles import DeviceProfile, EdgeProfile
 from splitinfer.transport import TLS
 
 from .console import Column, Output
 
 if TYPE_CHECKING:
+    import torch
+
     from splitinfer.model.split_model import SplitModel
     from splitinfer.wire.convert import ModelInfo
 
@@ -81,13 +91,18 @@ def _profiles(args: argparse.Namespace, sm: SplitModel) -> tuple[DeviceProfile, 
     from splitinfer.measure.profiler import DEFAULT_CODECS, profile_device, profile_edge_locally
 
     ui = _ui(args)
+    if args.device_profile and args.data:
+        raise SplitInferError("--data is what the device profile is measured on, and "
+                              "--device-profile was measured already: drop one of them")
+    measure_edge = not args.edge and not args.edge_profile
+    inputs = _profile_inputs(args, sm) if not args.device_profile or measure_edge else None
     if args.device_profile:
         device = DeviceProfile.from_json(_read_json(args.device_profile, "--device-profile"))
     else:
         codecs = _constraints(args).codecs
         with ui.progress(f"profiling {sm.name} on this device") as step:
-            device = profile_device(sm, codecs=codecs or DEFAULT_CODECS, repeats=args.repeats,
-                                    progress=step)
+            device = profile_device(sm, inputs, codecs=codecs or DEFAULT_CODECS,
+                                    repeats=args.repeats, progress=step)
     if args.edge:
         edge, link = _live(args, sm)
         return device, edge, link
@@ -99,7 +114,8 @@ def _profiles(args: argparse.Namespace, sm: SplitModel) -> tuple[DeviceProfile, 
         edge = EdgeProfile.from_json(_read_json(args.edge_profile, "--edge-profile"))
     else:
         with ui.status(f"profiling {sm.name}'s tails here as the edge"):
-            edge = profile_edge_locally(sm, repeats=args.repeats, speedup=args.edge_speedup)
+            edge = profile_edge_locally(sm, inputs, repeats=args.repeats,
+                                        speedup=args.edge_speedup)
     return device, edge, Link(rtt_s=args.rtt, bandwidth_bps=args.bandwidth)
 
 
@@ -109,19 +125,62 @@ def _ui(args: argparse.Namespace) -> Output:
     return ui if isinstance(ui, Output) else Output(quiet=getattr(args, "quiet", False))
 
 
+#: the real frames an image bundle is profiled on without --data
+FRAMES_SPEC = "splitinfer.tools.frames:sample_frames"
+
+
+def _profile_inputs(args: argparse.Namespace, sm: SplitModel) -> tuple[torch.Tensor, ...] | None:
+    """What to profile on: ``--data``'s first sample (a request carries one), a real photo
+    frame for an image bundle (any frame size: resized and centre-cropped to it), or None (the
+    bundle's examples). Real data gives real sizes and errors: JPEG and zstd on noise say
+    nothing about a camera."""
+    from .datasets import load_samples
+
+    spec = args.data
+    if not spec:
+        if getattr(sm, "image_input", None) is None:
+            return None
+        spec = FRAMES_SPEC
+    try:
+        samples = load_samples(spec, sm, 1)
+    except RuntimeError as exc:  # no scikit-learn: no sample photos
+        raise SplitInferError(f"profiling an image bundle takes a real frame: {exc}; or pass "
+                              f"--data with your own images") from exc
+    if not samples:
+        raise SplitInferError(f"--data {spec} gave no samples; give a folder with images or a "
+                              f"MODULE:FUNCTION that returns inputs")
+    return tuple(samples[0].inputs)
+
+
+def _fraction(text: str) -> float:
+    """A fraction 0..1 from the command line (``--min-agreement``)."""
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise ValueError(f"{text!r} is not a fraction; expected a number from 0 to 1, e.g. 0.99")
+    return value
+
+
 def _constraints(args: argparse.Namespace) -> Constraints:
     codecs = tuple(c.strip() for c in args.codecs.split(",")) if args.codecs else None
-    return Constraints(min_device_cut=args.min_device_cut,
-                       device_memory_bytes=args.device_memory_bytes,
-                       max_codec_error=args.max_codec_error,
-                       allow_edge_only=not args.no_edge_only,
-                       allow_device_only=not args.no_device_only, codecs=codecs)
+    try:
+        return Constraints(min_device_cut=args.min_device_cut,
+                           device_memory_bytes=args.device_memory_bytes,
+                           max_codec_error=args.max_codec_error,
+                           min_agreement=args.min_agreement,
+                           allow_edge_only=not args.no_edge_only,
+                           allow_device_only=not args.no_device_only, codecs=codecs)
+    except ValueError as exc:  # e.g. a negative --max-codec-error
+        raise SplitInferError(str(exc)) from exc
 
 
 #: the candidates table: rank, cut, then where the predicted time goes (ms)
-_COLUMNS: list[Column] = [("rank", "right"), ("cut", "right"), "name", "codec", ("total ms", "right"),
-                          ("head", "right"), ("encode", "right"), ("uplink", "right"),
-                          ("rtt", "right"), ("edge", "right"), ("down", "right")]
+_COLUMNS: list[Column] = [("rank", "right"), ("cut", "right"), "name", "codec", ("KB", "right"),
+                          ("total ms", "right"), ("head", "right"), ("encode", "right"),
+                          ("uplink", "right"), ("rtt", "right"), ("edge", "right"),
+                          ("down", "right")]
+#: the baselines table: what the chosen plan is compared with
+_BASELINE_COLUMNS: list[Column] = ["baseline", ("KB", "right"), ("total ms", "right"),
+                                   ("speedup", "right")]
 
 
 def _print_plan(plan: Plan, top: int, ui: Output | None = None) -> None:
@@ -133,21 +192,39 @@ def _print_plan(plan: Plan, top: int, ui: Output | None = None) -> None:
     for rank, c in enumerate(plan.alternatives[:top], 1):
         b = c.breakdown
         edge = b.queue_s + b.edge_decode_s + b.tail_s + b.response_encode_s
-        rows.append((rank, c.cut_id, c.cut_name, c.codec or "-", f"{b.total_s * ms:.2f}",
-                     f"{b.head_s * ms:.2f}", f"{b.encode_s * ms:.2f}", f"{b.uplink_s * ms:.2f}",
-                     f"{b.rtt_s * ms:.1f}", f"{edge * ms:.2f}",
+        rows.append((rank, c.cut_id, c.cut_name, c.codec or "-", f"{c.request_bytes / 1e3:.1f}",
+                     f"{b.total_s * ms:.2f}", f"{b.head_s * ms:.2f}", f"{b.encode_s * ms:.2f}",
+                     f"{b.uplink_s * ms:.2f}", f"{b.rtt_s * ms:.1f}", f"{edge * ms:.2f}",
                      f"{(b.downlink_s + b.response_decode_s) * ms:.2f}"))
     ui.table(_COLUMNS, rows)
-    edge_only = "n/a" if plan.edge_only_s is None else f"{plan.edge_only_s * ms:.2f} ms"
+    if plan.baselines:
+        ui.line()
+        ui.table(_BASELINE_COLUMNS, [
+            (baseline_label(b), f"{b.request_bytes / 1e3:.1f}",
+             f"{b.breakdown.total_s * ms:.2f}", f"{plan.speedup_over(b):.2f}x")
+            for b in plan.baselines], title="baselines")
     ui.line()
-    ui.line(f"chosen: cut {plan.cut_id} ({plan.cut_name}) with {plan.codec or 'no codec'}: "
-            f"{plan.predicted_s * ms:.2f} ms predicted; device-only "
-            f"{plan.device_only_s * ms:.2f} ms ({plan.speedup_vs_device_only:.2f}x), edge-only "
-            f"{edge_only}"
-            + (f" ({plan.speedup_vs_edge_only:.2f}x)" if plan.speedup_vs_edge_only else ""),
-            style="bold green")
+    ui.line(_chosen_line(plan), style="bold green")
     for note in plan.notes:
         ui.line(f"note: {note if len(note) <= 200 else note[:200] + '…'}", style="yellow")
+
+
+def _chosen_line(plan: Plan) -> str:
+    """The chosen plan, its speedup over the best baseline, device-only and edge-only."""
+    ms = 1e3
+    best = plan.best_baseline
+    over = "" if best is None else \
+        f", {plan.speedup_over(best):.2f}x over {baseline_label(best)} (the best baseline)"
+    edge_only = "n/a" if plan.edge_only_s is None else f"{plan.edge_only_s * ms:.2f} ms"
+    return (f"chosen: cut {plan.cut_id} ({plan.cut_name}) with {plan.codec or 'no codec'}: "
+            f"{plan.predicted_s * ms:.2f} ms predicted{over}; device-only "
+            f"{plan.device_only_s * ms:.2f} ms ({plan.speedup_vs_device_only:.2f}x), edge-only "
+            f"{edge_only}"
+            + (f" ({plan.speedup_vs_edge_only:.2f}x)" if plan.speedup_vs_edge_only else ""))
+
+
+#: matplotlib colours of the baselines' lines in plan.png
+_BASELINE_COLOURS = ("C2", "C1", "C4", "C5", "C6", "C7", "C8", "C9")
 
 
 def _plot(plan: Plan, device: DeviceProfile, edge: EdgeProfile, args: argparse.Namespace,
@@ -165,14 +242,19 @@ def _plot(plan: Plan, device: DeviceProfile, edge: EdgeProfile, args: argparse.N
     for c in plan.alternatives:
         best[c.cut_id] = min(best.get(c.cut_id, float("inf")), c.breakdown.total_s)
     ids = sorted(best)
-    fig, ax = plt.subplots(figsize=(10, 4))
+    fig, ax = plt.subplots(figsize=(12, 4))
     ax.plot(ids, [best[i] * 1e3 for i in ids], marker=".", label="best codec at this cut")
     ax.axvline(plan.cut_id, color="tab:red", linestyle="--", label=f"chosen: {plan.cut_name}")
+    n = len(_BASELINE_COLOURS)
+    for i, b in enumerate(plan.baselines):  # colours besides the curve's (C0) and red (C3)
+        ax.axhline(b.breakdown.total_s * 1e3, color=_BASELINE_COLOURS[i % n],
+                   linestyle=":" if i // n % 2 == 0 else "-.",
+                   label=f"{baseline_label(b)}: {b.breakdown.total_s * 1e3:.1f} ms")
     ax.set_xlabel("cut id (0 = edge-only, last = device-only)")
     ax.set_ylabel("predicted latency (ms)")
     ax.set_title(f"{device.model}: RTT {plan.link.rtt_s * 1e3:.0f} ms, "
                  f"{plan.link.bandwidth_bps / 1e6:.3g} Mbit/s")
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
     fig.tight_layout()
     written.append(out / "plan.png")
     fig.savefig(written[-1], dpi=100)
@@ -237,6 +319,11 @@ def add_parser(sub: Any, arg_type: Any) -> None:
     prof.add_argument("--edge-speedup", type=float, default=1.0,
                       help="without --edge-profile: the edge is this much faster than here")
     prof.add_argument("--repeats", type=int, default=5, help="profiling repeats (default 5)")
+    prof.add_argument("--data", metavar="SPEC",
+                      help="profile on your data: a folder of images or MODULE:FUNCTION (as "
+                           "`splitinfer fidelity --data`); its first sample, a request's "
+                           "worth (default: a real photo frame for an image bundle, else the "
+                           "bundle's examples)")
     prof.add_argument("--save-profiles", action="store_true",
                       help="also write device_profile.json and edge_profile.json")
     c = p.add_argument_group("objective and constraints")
@@ -245,7 +332,11 @@ def add_parser(sub: Any, arg_type: Any) -> None:
     c.add_argument("--min-device-cut", type=int, default=0,
                    help="privacy: only cuts with id >= N (1: raw input never leaves)")
     c.add_argument("--device-memory-bytes", type=int, help="device memory cap for the head")
-    c.add_argument("--max-codec-error", type=float, help="largest codec error allowed")
+    c.add_argument("--max-codec-error", type=float,
+                   help="largest codec error allowed (the relative error of the model's output)")
+    c.add_argument("--min-agreement", type=arg_type(_fraction),
+                   help="smallest top-1 agreement a codec must have kept, as measured by "
+                        "`splitinfer fidelity` (codecs it did not measure are out), e.g. 0.99")
     c.add_argument("--codecs", help="comma-separated codecs to consider")
     c.add_argument("--no-edge-only", action="store_true", help="forbid cut 0")
     c.add_argument("--no-device-only", action="store_true", help="forbid the last cut")

@@ -1,7 +1,7 @@
 """A virtual environment without torch that holds this checkout: proof the device path needs none.
 
 ``torchfree_python`` (a session fixture) builds it once per test session in a temporary
-directory: ``python -m venv``, the device's packages (numpy, grpcio, protobuf, zstandard,
+directory: ``python -m venv``, the device's packages (numpy, grpcio, protobuf, zstandard, pillow,
 onnxruntime) at the versions of the running environment where it has them, and this checkout
 with ``pip install --no-deps -e``. Import the fixture into a test module to use it::
 
@@ -23,7 +23,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 #: what a device without torch installs to run an ONNX head and talk to an edge node
-DEVICE_PACKAGES = ("numpy", "grpcio", "protobuf", "zstandard", "onnxruntime")
+DEVICE_PACKAGES = ("numpy", "grpcio", "protobuf", "zstandard", "pillow", "onnxruntime")
 
 #: the first build downloads wheels (unless pip's cache has them)
 BUILD_TIMEOUT_S = 900

@@ -67,6 +67,8 @@ FORBIDDEN = [
     ("device_client/stats.py", "import edge_node",
      "The edge node and the device client never import each other"),
     ("device_client/breaker.py", "import zstandard", "zstandard lives in the codec only"),
+    ("edge_node/batcher.py", "import PIL.Image",
+     "Pillow lives in the codec (image codecs) and the tools (reading image files)"),
     ("edge_node/metrics.py", "from splitinfer.codec import _quant",
      "A private module (_name) is imported only inside its own package"),
 ]
@@ -165,11 +167,14 @@ def test_torch_free_parts_import_without_torch():
             "import splitinfer, splitinfer.codec, splitinfer.model.manifest\n"
             "import splitinfer.core.spec, splitinfer.core.timing, splitinfer.wire.convert\n"
             "import splitinfer.core.planner, splitinfer.core.profiles, splitinfer.core.link\n"
+            "import splitinfer.core.compare, splitinfer.model.image_input\n"
             "import splitinfer.transport\n"
             "import device_client, device_client.onnx_head  # the SDK, for ONNX-only devices\n"
             "import numpy as np\n"
             "e = splitinfer.get_codec('int8+zstd').encode(np.ones((2, 3, 4, 4), np.float32))\n"
             "assert (splitinfer.decode(e) == 1).all()\n"
+            "f = np.zeros((1, 16, 16, 3), np.uint8)  # a camera frame, as a JPEG\n"
+            "assert splitinfer.decode(splitinfer.get_codec('jpeg').encode(f)).shape == f.shape\n"
             "print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=ROOT)

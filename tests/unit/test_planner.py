@@ -11,7 +11,15 @@ from hypothesis import strategies as st
 
 from splitinfer.core.errors import PlanningError, SplitInferError
 from splitinfer.core.link import Link
-from splitinfer.core.planner import Breakdown, Constraints, Plan, PowerModel, choose
+from splitinfer.core.planner import (
+    Breakdown,
+    Candidate,
+    Constraints,
+    Plan,
+    PowerModel,
+    baseline_label,
+    choose,
+)
 from splitinfer.core.profiles import CodecCost, CutCost, DeviceProfile, EdgeProfile
 
 ENC = {"fp32": 0.0005, "fp16": 0.001, "int8+zstd": 0.004}
@@ -129,6 +137,7 @@ def test_min_device_cut_keeps_raw_input_home_and_drops_edge_only_baseline():
     plan = choose(device(scale=10), EDGE, FAST, constraints=Constraints(min_device_cut=1))
     assert all(a.cut_id >= 1 for a in plan.alternatives)
     assert plan.edge_only_s is None and plan.speedup_vs_edge_only is None
+    assert [baseline_label(b) for b in plan.baselines] == ["device-only"]
 
 
 def test_device_only_needs_no_codec_and_passes_any_error_bound():
@@ -180,12 +189,97 @@ def test_mismatched_fingerprint_is_a_planning_error():
     lambda: Constraints(max_codec_error=-1.0),
     lambda: Constraints(codecs="fp32"),
     lambda: Constraints(device_memory_bytes=-1),
+    lambda: Constraints(min_agreement=1.5),
+    lambda: Constraints(min_agreement=-0.1),
+    lambda: Constraints(min_agreement=True),
     lambda: PowerModel(compute_w=-1),
     lambda: choose(device(), EDGE, MID, objective="speed"),
 ])
 def test_bad_inputs_are_value_errors(make):
     with pytest.raises(ValueError):
         make()
+
+
+# --- baselines: the frame as a JPEG ---------------------------------------------------------
+
+def image_device(scale: float = 1.0, agreement: dict[str, float] | None = None) -> DeviceProfile:
+    """The toy with a camera frame at cut 0: besides fp32/fp16, the frame as a 30 kB JPEG and a
+    400 kB PNG. ``agreement``: codec -> measured top-1 agreement (the rest: not measured)."""
+    agree = agreement or {}
+    dev = device(scale)
+    frame = (CodecCost("jpeg", 30_000, 0.002, 0.002, 0.02),
+             CodecCost("png", 400_000, 0.008, 0.004, 0.0))
+    cuts = list(dev.cuts)
+    cuts[0] = CutCost(0, "input", 0.0, 0.0, 0, 0, cuts[0].codecs + frame)
+    cuts = [CutCost(c.cut_id, c.name, c.head_s, c.head_flops, c.head_memory_bytes, c.head_nodes,
+                    tuple(CodecCost(k.codec, k.request_bytes, k.encode_s, k.decode_s, k.error,
+                                    agree.get(k.codec)) for k in c.codecs)) for c in cuts]
+    return DeviceProfile("toy", "fp-1", 4, tuple(cuts), response_bytes=40)
+
+
+def test_edge_only_jpeg_is_a_candidate_and_wins_on_a_fast_link_with_a_slow_device():
+    dev = image_device(scale=10)
+    plan = choose(dev, EDGE, FAST)
+    assert picked(plan) == (0, "jpeg")
+    assert plan.predicted_s == pytest.approx(latency(dev, EDGE, FAST, 0, "jpeg"), rel=1e-12)
+    assert plan.alternatives[0].request_bytes == 30_000
+    # every baseline, scored like a candidate, best first; the best is the plan itself
+    labels = [baseline_label(b) for b in plan.baselines]
+    assert sorted(labels) == ["device-only", "edge-only fp16", "edge-only fp32",
+                              "edge-only jpeg", "edge-only png"]
+    assert labels[0] == "edge-only jpeg" and plan.best_baseline == plan.alternatives[0]
+    values = [b.objective_value for b in plan.baselines]
+    assert values == sorted(values)
+    for b in plan.baselines:
+        assert b in plan.alternatives  # the same scoring: the same Candidate
+        expected = 4.0 if b.codec is None else latency(dev, EDGE, FAST, 0, b.codec)
+        assert b.breakdown.total_s == pytest.approx(expected, rel=1e-12)
+    assert plan.edge_only_s == plan.predicted_s and plan.speedup_over(plan.best_baseline) == 1.0
+
+
+def test_a_split_that_beats_edge_only_jpeg_names_it_as_the_baseline_it_beat():
+    dev = image_device()
+    plan = choose(dev, EDGE, SLOW)
+    assert picked(plan) == (3, "int8+zstd")
+    best = plan.best_baseline
+    assert best is not None and baseline_label(best) == "edge-only jpeg"
+    jpeg_s = latency(dev, EDGE, SLOW, 0, "jpeg")
+    assert best.breakdown.total_s == pytest.approx(jpeg_s, rel=1e-12)
+    assert plan.edge_only_s == pytest.approx(jpeg_s, rel=1e-12)  # the best codec at cut 0
+    assert plan.speedup_over(best) == pytest.approx(jpeg_s / plan.predicted_s, rel=1e-12)
+    assert 1.2 < plan.speedup_over(best) < plan.speedup_vs_device_only
+    assert {b.request_bytes for b in plan.baselines} == {0, 600_000, 300_000, 30_000, 400_000}
+
+
+def test_baselines_follow_the_codec_constraints_and_device_only_is_always_one():
+    plan = choose(image_device(scale=10), EDGE, FAST,
+                  constraints=Constraints(codecs=("fp16", "int8+zstd"), allow_device_only=False))
+    assert picked(plan) == (0, "fp16")
+    assert [baseline_label(b) for b in plan.baselines] == ["edge-only fp16", "device-only"]
+    assert all(a.codec is not None for a in plan.alternatives)  # device-only: a baseline only
+
+
+def test_min_agreement_drops_codecs_below_it_and_those_never_measured():
+    agree = {"fp32": 1.0, "fp16": 1.0, "int8+zstd": 0.995, "jpeg": 0.95}  # png: not measured
+    dev = image_device(scale=10, agreement=agree)
+    assert picked(choose(dev, EDGE, FAST)) == (0, "jpeg")
+    plan = choose(dev, EDGE, FAST, constraints=Constraints(min_agreement=0.99))
+    assert picked(plan) == (0, "fp16")
+    assert all(a.codec not in ("jpeg", "png") for a in plan.alternatives + plan.baselines)
+    note = next(n for n in plan.notes if n.startswith("min_agreement=0.99"))
+    assert "jpeg at cut 0 (agreement 0.95)" in note
+    assert "png at cut 0 (not measured: run splitinfer fidelity)" in note
+    assert picked(choose(dev, EDGE, FAST, constraints=Constraints(min_agreement=0.95))) \
+        == (0, "jpeg")  # at the bound: kept
+
+
+def test_min_agreement_without_any_fidelity_run_leaves_device_only_and_says_why():
+    plan = choose(image_device(), EDGE, FAST, constraints=Constraints(min_agreement=0.5))
+    assert picked(plan) == (4, None) and plan.edge_only_s is None
+    assert any("not measured: run splitinfer fidelity" in n for n in plan.notes)
+    with pytest.raises(PlanningError, match="not measured: run splitinfer fidelity"):
+        choose(image_device(), EDGE, FAST,
+               constraints=Constraints(min_agreement=0.5, allow_device_only=False))
 
 
 # --- objectives -----------------------------------------------------------------------------
@@ -305,6 +399,23 @@ def test_profiles_and_plan_round_trip_through_json():
     for kw in ({}, {"objective": "throughput"}, {"constraints": Constraints(min_device_cut=1)}):
         plan = choose(dev, edge, MID, **kw)
         assert Plan.from_json(_json(plan)) == plan
+    plan = choose(image_device(agreement={"jpeg": 0.97}), edge, SLOW)
+    back = Plan.from_json(_json(plan))
+    assert back == plan and back.best_baseline == plan.best_baseline
+    assert back.baselines[0].codec == "jpeg" and back.baselines[0].request_bytes == 30_000
+    assert DeviceProfile.from_json(_json(image_device(agreement={"jpeg": 0.97}))) \
+        == image_device(agreement={"jpeg": 0.97})
+
+
+def test_plan_json_from_before_baselines_still_reads():
+    obj = _json(choose(device(), EDGE, MID))
+    del obj["baselines"]
+    for cand in obj["alternatives"]:
+        del cand["request_bytes"]
+    old = Plan.from_json(obj)
+    assert old.baselines == () and old.best_baseline is None
+    assert all(a.request_bytes == 0 for a in old.alternatives)
+    assert Candidate.from_json(obj["alternatives"][0]) == old.alternatives[0]
 
 
 # --- laws, on random profiles ---------------------------------------------------------------
@@ -346,6 +457,9 @@ def test_breakdown_sums_and_choice_is_the_minimum(prof, rtt, bw, objective):
     assert plan.alternatives[0].objective_value <= best * (1 + 1e-12)
     assert plan.predicted_s == plan.breakdown.total_s
     assert (plan.cut_id, plan.codec) == (plan.alternatives[0].cut_id, plan.alternatives[0].codec)
+    # with nothing constrained every baseline is a candidate: the plan is never worse than one
+    assert all(b in plan.alternatives for b in plan.baselines)
+    assert plan.alternatives[0].objective_value <= plan.best_baseline.objective_value
 
 
 @settings(max_examples=150, deadline=None)

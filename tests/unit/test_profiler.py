@@ -8,10 +8,20 @@ import pytest
 import torch
 
 import splitinfer
+from splitinfer.codec import IMAGE_CODECS, encoded_nbytes, get_codec
+from splitinfer.core.compare import relative_error
 from splitinfer.core.link import Link
 from splitinfer.core.planner import choose
 from splitinfer.core.profiles import DeviceProfile, EdgeProfile
-from splitinfer.measure.profiler import edge_profile_from_info, profile_device, profile_edge_locally
+from splitinfer.measure.profiler import (
+    DEFAULT_CODECS,
+    edge_profile_from_info,
+    profile_device,
+    profile_edge_locally,
+)
+from splitinfer.model.preprocess import IMAGENET
+from splitinfer.model.tensors import decode_torch
+from splitinfer.tools import frames
 from splitinfer.wire.convert import ModelInfo
 from tests.models import SkipNet
 
@@ -88,3 +98,65 @@ def test_slowdown_profiles_an_emulated_slower_device(skipnet):
 def test_bad_arguments(skipnet, kwargs, match):
     with pytest.raises(Exception, match=match):
         profile_device(skipnet, **kwargs)
+
+
+# --- image codecs, and the error in the model's output ---------------------------------------
+
+@pytest.fixture(scope="module")
+def framenet():
+    """SkipNet behind ImageNet preprocessing: it takes a uint8 NHWC frame (a real photo crop)."""
+    torch.manual_seed(0)
+    frame = torch.from_numpy(frames.batch(1, 32).copy())
+    sm = splitinfer.partition(SkipNet().eval(), (frame,), name="framenet", image_input=IMAGENET)
+    return sm, frame
+
+
+def _through(codec_name, tensors):
+    codec = get_codec(codec_name)
+    return [decode_torch(codec.encode(t, name=f"t{i}")) for i, t in enumerate(tensors)]
+
+
+def test_default_codecs_are_the_float_codecs_and_the_image_codecs():
+    assert set(IMAGE_CODECS) <= set(DEFAULT_CODECS) and len(set(DEFAULT_CODECS)) == len(
+        DEFAULT_CODECS)
+    assert {"fp32", "fp16", "bf16+zstd", "int8+zstd"} <= set(DEFAULT_CODECS)
+    assert not any(c.startswith("raw") for c in DEFAULT_CODECS)
+
+
+def test_image_codecs_are_measured_at_the_frame_only_with_the_output_error(framenet):
+    sm, frame = framenet
+    codecs = ("fp32", "int8+zstd", "jpeg-q95", "jpeg-q50", "png")
+    prof = profile_device(sm, (frame,), codecs=codecs, repeats=1)
+    at = {c.cut_id: {k.codec: k for k in c.codecs} for c in prof.cuts}
+    assert list(at[0]) == list(codecs)  # the frame crosses cut 0: every codec, in order
+    for cut in sm.cuts[1:-1]:  # past it: tensors no image codec carries (NCHW, float)
+        assert list(at[cut.id]) == ["fp32", "int8+zstd"]
+    reference = sm(frame)
+    for name in ("jpeg-q95", "jpeg-q50"):
+        cost = at[0][name]
+        expected = relative_error(reference, sm(*_through(name, [frame]))).max()
+        assert cost.error == pytest.approx(float(expected), rel=1e-6)
+        assert cost.request_bytes == encoded_nbytes(get_codec(name).encode(frame, name="t0"))
+    assert 0 < at[0]["jpeg-q95"].error < at[0]["jpeg-q50"].error < 0.05
+    assert at[0]["jpeg-q50"].request_bytes < at[0]["jpeg-q95"].request_bytes \
+        < at[0]["png"].request_bytes < at[0]["fp32"].request_bytes == 32 * 32 * 3
+    # lossless: png, and the tensor codecs on a uint8 frame (which travels raw)
+    assert at[0]["png"].error == at[0]["fp32"].error == at[0]["int8+zstd"].error == 0.0
+
+
+def test_a_float_cuts_error_is_the_models_output_error(framenet):
+    sm, frame = framenet
+    cut_id = len(sm.cuts) - 2  # the last one before the output: the smallest error chain
+    prof = profile_device(sm, (frame,), codecs=("fp16", "int8+zstd"), repeats=1,
+                          cut_ids=[cut_id])
+    costs = {k.codec: k for k in prof.cuts[1].codecs}
+    crossing = sm.head(cut_id)(frame)
+    tail = sm.tail(cut_id)
+    for name, cost in costs.items():
+        expected = relative_error(tail(*crossing), tail(*_through(name, crossing))).max()
+        assert cost.error == pytest.approx(float(expected), rel=1e-6) and cost.error > 0
+
+
+def test_a_codec_that_fits_no_cut_is_absent(skipnet):
+    prof = profile_device(skipnet, codecs=("fp32", "jpeg"), repeats=1)  # float input: no frame
+    assert all([k.codec for k in c.codecs] == ["fp32"] for c in prof.cuts[:-1])
