@@ -1,7 +1,9 @@
 """``splitinfer demo``: the product's main job, live, on this machine, in about a minute.
 
 1. A bundle of torchvision's MobileNetV3-Small (random weights; see ``splitinfer.tools.demo_report`` for why
-   this model) under ``.demo/repo/``, built on the first run and reused after.
+   this model) under ``.demo/repo/``, built on the first run and reused after. Its input is the
+   camera frame (uint8 224x224x3, ImageNet normalization inside the graph); the requests are
+   real photos, the 18 crops of ``splitinfer.tools.frames`` in turn.
 2. A real edge node subprocess (``python -m edge_node``, 1 torch thread) and, in this process,
    the link emulator between device and edge (default 20 Mbit/s each way, 40 ms RTT).
 3. The device is this process, made slower than the edge: one torch thread, emulated
@@ -12,8 +14,10 @@
    it; the edge and the emulator were started before); noisier: the kernel cuts the work into
    1 ms slices, so the same head takes a different time wherever it falls in the period.
 4. ``device_client.SplitClient`` measures the link, plans (cut and codec) and runs N requests;
-   then the same N device-only and edge-only, each timed per request.
-5. A table (link, plan, p50/p95, bytes per request, speedup), ``demo.json`` and ``demo.png``.
+   then the same N device-only and edge-only (the frame as a JPEG q90, what a phone app
+   sends), each timed per request.
+5. A table (link, plan, p50/p95, bytes per request, speedup), where a split is predicted to win
+   (bandwidth and device speed, from the same profiles), ``demo.json`` and ``demo.png``.
 
 Every process, thread and cgroup it starts is ended on success, error and Ctrl-C (exit 130).
 ``splitinfer demo --offline`` is the older codec demo without a network (``splitinfer.tools.codec_demo``).
@@ -92,21 +96,12 @@ def _predicted(plan: Plan | None, cut_id: int, codec: str | None) -> float | Non
                  if a.cut_id == cut_id and a.codec == codec), None)
 
 
-def _edge_only_codec(plan: Plan | None) -> str:
-    ranked = [a.codec for a in plan.alternatives if a.cut_id == 0 and a.codec] if plan else []
-    return ranked[0] if ranked else "fp16"
-
-
 def _measure(stack: contextlib.ExitStack, bundle: Path, proxy_addr: str,
              device: DeviceProfile, args: argparse.Namespace) -> dict[str, Any]:
     """The three modes, one client each, the same inputs in the same order."""
-    import torch
-
     from device_client import SplitClient
 
-    gen = torch.Generator().manual_seed(1)
-    inputs = [torch.randn(1, 3, args.input_size, args.input_size, generator=gen)
-              for _ in range(args.requests)]
+    inputs = _frames(args.input_size, args.requests)
     last = device.cuts[-1].cut_id
 
     def client(cut: int | str, codec: str) -> SplitClient:
@@ -123,7 +118,7 @@ def _measure(stack: contextlib.ExitStack, bundle: Path, proxy_addr: str,
     makers: tuple[tuple[str, Callable[[], SplitClient]], ...] = (
         ("split", lambda: split),
         ("device-only", lambda: client(cut=last, codec="auto")),
-        ("edge-only", lambda: client(cut=0, codec=_edge_only_codec(plan))))
+        ("edge-only", lambda: client(cut=0, codec=demo_report.EDGE_ONLY_CODEC)))
     for mode, make in makers:
         c = make()
         _say(args, f"{mode}: {args.requests} requests ({c.plan.describe()})...")
@@ -134,9 +129,23 @@ def _measure(stack: contextlib.ExitStack, bundle: Path, proxy_addr: str,
         _say(args, f"{mode}: p50 {modes[mode]['p50_ms']:.1f} ms, "
                    f"p95 {modes[mode]['p95_ms']:.1f} ms")
     stats = split.stats
+    window = (demo_report.split_window(split.device_profile, split.edge_profile, args.rtt)
+              if split.device_profile is not None and split.edge_profile is not None else [])
     return {"chosen": chosen, "plan": plan, "modes": modes, "switches": stats.plan_switches,
-            "measured_link": chosen.link, "estimated_link": stats.link,
-            "agreement": demo_report.agreement(outs["split"], outs["device-only"])}
+            "measured_link": chosen.link, "estimated_link": stats.link, "window": window,
+            "smallest_split": (demo_report.smallest_split(split.device_profile)
+                    if split.device_profile is not None else None),
+            "agreement": {mode: demo_report.agreement(outs[mode], outs["device-only"])
+                          for mode in ("split", "edge-only")}}
+
+
+def _frames(size: int, n: int) -> list[Any]:
+    """``n`` requests: the real frames of ``splitinfer.tools.frames`` in turn, uint8 1xHxWx3."""
+    import torch
+
+    from .frames import batch
+
+    return [torch.from_numpy(batch(1, size, start=i)) for i in range(n)]
 
 
 def _profile_device(bundle: Path, slowdown: float, ui: Output | None = None) -> DeviceProfile:
@@ -146,9 +155,10 @@ def _profile_device(bundle: Path, slowdown: float, ui: Output | None = None) -> 
 
     sm = load_bundle(bundle)
     ids = profile_cut_ids(len(sm.cuts), None, 24)
+    frame = _frames(sm.cuts[0].tensors[0].shape[1], 1)[0]  # bytes and errors on a real photo
     with (ui or Output()).progress(f"profiling {sm.name} (device)") as step:
-        return profile_device(sm, codecs=DEFAULT_CLIENT_CODECS, repeats=5, cut_ids=ids,
-                              slowdown=slowdown, progress=step)
+        return profile_device(sm, (frame,), codecs=DEFAULT_CLIENT_CODECS, repeats=5,
+                              cut_ids=ids, slowdown=slowdown, progress=step)
 
 
 def _result(args: argparse.Namespace, m: dict[str, Any], quota: DeviceQuota, node: Any,
@@ -161,6 +171,8 @@ def _result(args: argparse.Namespace, m: dict[str, Any], quota: DeviceQuota, nod
     base = min(("device-only", "edge-only"), key=lambda k: modes[k]["p50_ms"])
     return {
         "model": args.model, "input_size": args.input_size, "cuts": cuts,
+        "inputs": f"{args.requests} real photo frames, the 18 crops of scikit-learn's two sample "
+                  "photos in turn (splitinfer.tools.frames)",
         "why": demo_report.WHY_DEFAULT if args.model == demo_report.DEFAULT_MODEL else "",
         "requests": args.requests, "edge_pid": node.pid,
         "link": {"asked": {"bandwidth_bps": args.rate, "rtt_s": args.rtt},
@@ -180,7 +192,8 @@ def _result(args: argparse.Namespace, m: dict[str, Any], quota: DeviceQuota, nod
         "speedup": {"baseline": base,
                     "p50": modes[base]["p50_ms"] / modes["split"]["p50_ms"],
                     "p95": modes[base]["p95_ms"] / modes["split"]["p95_ms"]},
-        "agreement": m["agreement"],
+        "agreement": m["agreement"], "window": m["window"],
+        "smallest_split": m["smallest_split"],
     }
 
 
@@ -228,7 +241,7 @@ def run_live(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if args.model == demo_report.DEFAULT_MODEL:
         _say(args, f"model: {demo_report.WHY_DEFAULT}")
-    _say(args, f"bundle: {args.model} 1x3x{args.input_size}x{args.input_size} "
+    _say(args, f"bundle: {args.model}, a uint8 {args.input_size}x{args.input_size}x3 frame in "
                "(random weights)...")
     with _ui(args).status("bundle: checking it, or capturing the model and writing it"):
         repo, bundle, built = demo_report.ensure_bundle(out, args.model, args.input_size)

@@ -1,11 +1,14 @@
 """The live demo's model, bundle and report: what ``splitinfer demo`` builds, prints and writes.
 
-The default model is torchvision's **MobileNetV3-Small** (random weights, nothing downloaded) on
-one 1x3x224x224 input: a model built for phones, the kind this product is for, whose first block
-turns the 150 K input values into ~30 KB of int8+zstd after ~10 % of the compute, so on a thin
-uplink a split beats both sending the image (edge-only, ~133 KB) and running everything on a
-slow device. (MobileNetV2's early activations are larger than its input: it only splits on
-thinner links and slower devices.)
+The default model is torchvision's **MobileNetV3-Small** (random weights, nothing downloaded),
+exported with an image input: the bundle takes the camera frame, uint8 224x224x3 (NHWC), and
+ImageNet normalization is the first part of its graph, so edge-only sends the frame as a JPEG
+(quality 90), what a phone app ships (~14 KB for these frames). The inputs are real photos:
+the 18 crops of scikit-learn's two sample photos (``splitinfer.tools.frames``). A model built
+for phones: its first block shrinks the frame to ~27 KB of int8+zstd after ~10 % of the
+compute, still about twice the JPEG, so a split only wins where the device is fast enough and
+the link thin enough; ``split_window`` finds where, from the same profiles the client planned
+with, and the report says it.
 
 The networked part (edge subprocess, link emulator, device client) is ``splitinfer.tools.demo``;
 this module has no network code: the bundle cache under ``.demo/``, the numbers, the table,
@@ -26,15 +29,19 @@ from splitinfer.core.errors import SplitInferError
 
 from .console import Output
 
-__all__ = ["DEFAULT_MODEL", "WHY_DEFAULT", "resolve_model", "ensure_bundle", "summarize_mode",
-           "agreement", "print_report", "write_json", "write_plot"]
+__all__ = ["DEFAULT_MODEL", "WHY_DEFAULT", "EDGE_ONLY_CODEC", "resolve_model", "ensure_bundle",
+           "summarize_mode", "agreement", "split_window", "smallest_split", "print_report",
+           "write_json",
+           "write_plot"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "mobilenet_v3_small"
-WHY_DEFAULT = ("MobileNetV3-Small, a model built for phones: its first block shrinks the 150 K "
-               "input values to ~30 KB (int8+zstd) after ~10 % of the compute, so a split can "
-               "win on a thin uplink")
+WHY_DEFAULT = ("MobileNetV3-Small, a model built for phones, taking the camera frame (uint8 "
+               "224x224x3): edge-only sends it as a JPEG q90 (~14 KB), a split sends its first "
+               "block's output (~27 KB int8+zstd) after ~10 % of the compute")
+#: what edge-only sends: the frame as a phone app would, a JPEG at quality 90
+EDGE_ONLY_CODEC = "jpeg"
 MODES = ("split", "device-only", "edge-only")
 
 
@@ -60,7 +67,8 @@ def _valid(directory: Path, name: str, size: int) -> bool:
     except Exception as exc:  # any damage means: build it again
         log.info("bundle %s unusable (%s); rebuilding", directory, exc)
         return False
-    return m.name == name and tuple(m.inputs[0].shape[1:]) == (3, size, size)
+    return (m.name == name and m.image_input is not None and m.inputs[0].dtype == "uint8"
+            and tuple(m.inputs[0].shape[1:]) == (size, size, 3))
 
 
 def _shelve_others(repo: Path, shelf: Path, name: str) -> None:
@@ -77,11 +85,13 @@ def _shelve_others(repo: Path, shelf: Path, name: str) -> None:
 
 def ensure_bundle(out: Path, name: str, size: int) -> tuple[Path, Path, bool]:
     """``(repo, bundle dir, built)``: ``out/repo/<name>/1``, reused when valid, else exported
-    from torchvision's ``name`` with random weights (seed 0) for a 1x3xSIZExSIZE input."""
+    from torchvision's ``name`` with random weights (seed 0) with an image input: a uint8
+    1xSIZExSIZEx3 frame, ImageNet normalization in the graph."""
     import torch
     import torchvision
 
     from splitinfer.model.bundle import export_bundle
+    from splitinfer.model.preprocess import IMAGENET
 
     repo = out / "repo"
     _shelve_others(repo, out / "shelf", name)
@@ -90,8 +100,8 @@ def ensure_bundle(out: Path, name: str, size: int) -> tuple[Path, Path, bool]:
         return repo, directory, False
     torch.manual_seed(0)
     model = torchvision.models.get_model(name, weights=None).eval()
-    export_bundle(model, (torch.randn(1, 3, size, size),), directory, name=name, version="1",
-                  overwrite=True)
+    export_bundle(model, (torch.zeros(1, 3, size, size),), directory, name=name, version="1",
+                  overwrite=True, image_input=IMAGENET)
     return repo, directory, True
 
 
@@ -115,6 +125,97 @@ def agreement(split: Sequence[np.ndarray], local: Sequence[np.ndarray]) -> dict[
     top1 = float((a.reshape(len(a), -1).argmax(1) == b.reshape(len(b), -1).argmax(1)).mean())
     return {"max_abs_error": err, "relative_error": err / scale, "top1_agreement": top1,
             "ok": err / scale < 0.1}
+
+
+#: the bandwidths (Mbit/s) and device speeds (x its profile) ``split_window`` tries
+WINDOW_MBITS = tuple(round(0.25 * 2 ** (i / 2), 3) for i in range(23))  # 0.25 .. 512
+WINDOW_DEVICE = (0.25, 0.5, 1.0, 2.0)
+
+
+def split_window(device: Any, edge: Any, rtt_s: float) -> list[dict[str, Any]]:
+    """Where a split (a cut strictly between edge-only and device-only) is predicted to beat
+    both baselines, at this RTT: per device speed (``WINDOW_DEVICE``: 0.5 = twice as fast as
+    the profiled device, its profile ``scaled``), the bandwidths of ``WINDOW_MBITS`` where it wins, the best margin
+    (best baseline / split) and that split; from the profiles the client planned with."""
+    from splitinfer.core.link import Link
+    from splitinfer.core.planner import choose
+
+    first, last = device.cuts[0].cut_id, device.cuts[-1].cut_id
+    rows = []
+    for factor in WINDOW_DEVICE:
+        dev = device.scaled(factor)
+        wins: list[float] = []
+        best: dict[str, Any] | None = None
+        for mbit in WINDOW_MBITS:
+            plan = choose(dev, edge, Link(rtt_s, mbit * 1e6))
+            splits = [a for a in plan.alternatives if first < a.cut_id < last]
+            others = [a for a in plan.alternatives if a.cut_id in (first, last)]
+            if not splits or not others:
+                continue
+            split, base = splits[0], min(others, key=lambda a: a.breakdown.total_s)
+            margin = base.breakdown.total_s / split.breakdown.total_s
+            if margin > 1:
+                wins.append(mbit)
+                if best is None or margin > float(best["margin"]):
+                    best = {"margin": margin, "mbit": mbit, "cut_id": split.cut_id,
+                            "codec": split.codec, "baseline": "device-only"
+                            if base.codec is None else f"edge-only {base.codec}"}
+        rows.append({"device_factor": factor, "wins_mbit": wins, "best": best})
+    return rows
+
+
+def smallest_split(device: Any) -> dict[str, Any] | None:
+    """The split (a cut strictly between the first and last) that sends the fewest bytes,
+    and what edge-only sends, from a device profile: why a split can or cannot win."""
+    first, last = device.cuts[0], device.cuts[-1]
+    splits = [(k.request_bytes, c, k) for c in device.cuts[1:-1] for k in c.codecs]
+    edge = [k for k in first.codecs if k.codec == EDGE_ONLY_CODEC]
+    if not splits:
+        return None
+    nbytes, cut, codec = min(splits, key=lambda t: (t[0], t[1].cut_id))
+    return {"cut_id": cut.cut_id, "cut_name": cut.name, "codec": codec.codec,
+            "request_bytes": nbytes, "head_ms": cut.head_s * 1e3,
+            "device_only_ms": last.head_s * 1e3,
+            "edge_only_codec": EDGE_ONLY_CODEC if edge else None,
+            "edge_only_bytes": edge[0].request_bytes if edge else None}
+
+
+def _why_line(why: dict[str, Any], bandwidth_bps: float | None = None) -> str:
+    """Why a split does or does not win: its fewest bytes and their device compute against
+    the frame's JPEG (and, given the link's rate, what the bytes saved are worth)."""
+    text = (f"why       the fewest bytes a split sends: {why['request_bytes'] / 1e3:.1f} KB "
+            f"(cut {why['cut_id']} {why['cut_name']}, {why['codec']}), after "
+            f"{why['head_ms']:.1f} ms of device compute (the whole model: "
+            f"{why['device_only_ms']:.1f} ms)")
+    if why["edge_only_bytes"] is None:
+        return text
+    text += (f"; edge-only sends the frame as {why['edge_only_codec']}: "
+             f"{why['edge_only_bytes'] / 1e3:.1f} KB")
+    saved = why["edge_only_bytes"] - why["request_bytes"]
+    if saved <= 0:
+        return text + " - fewer bytes with no device compute, so no link makes a split faster"
+    if bandwidth_bps:
+        text += (f" - the {saved / 1e3:.1f} KB saved are worth {saved * 8e3 / bandwidth_bps:.1f} "
+                 f"ms at {bandwidth_bps / 1e6:.1f} Mbit/s, against {why['head_ms']:.1f} ms of "
+                 "device compute")
+    return text
+
+
+def _window_lines(rows: Sequence[dict[str, Any]], rtt_s: float) -> list[str]:
+    out = []
+    for r in rows:
+        f = r["device_factor"]
+        speed = ("this device" if f == 1 else f"a device {1 / f:g}x faster" if f < 1
+                 else f"a device {f:g}x slower")
+        if not r["wins_mbit"]:
+            out.append(f"  {speed}: no bandwidth from {WINDOW_MBITS[0]:g} to "
+                       f"{WINDOW_MBITS[-1]:g} Mbit/s")
+            continue
+        b = r["best"]
+        out.append(f"  {speed}: {min(r['wins_mbit']):g}-{max(r['wins_mbit']):g} Mbit/s "
+                   f"(best {b['margin']:.2f}x over {b['baseline']} at {b['mbit']:g} Mbit/s, "
+                   f"cut {b['cut_id']} {b['codec']})")
+    return [f"where a split wins (predicted, RTT {rtt_s * 1e3:.0f} ms):"] + out
 
 
 def _fmt_link(link: dict[str, float] | None) -> str:
@@ -155,8 +256,9 @@ def print_report(res: dict[str, Any], ui: Output | None = None) -> None:
     ui = ui or Output()
     dev, plan = res["device"], res["plan"]
     ui.line()
-    ui.line(f"model     {res['model']} 1x3x{res['input_size']}x{res['input_size']}, "
-            f"{res['cuts']}")
+    ui.line(f"model     {res['model']}, input a uint8 {res['input_size']}x{res['input_size']}x3 "
+            f"frame, {res['cuts']}")
+    ui.line(f"inputs    {res.get('inputs', 'n/a')}")
     ui.line(f"link      asked {_fmt_link(res['link']['asked'])}; measured by the client "
             f"{_fmt_link(res['link']['measured'])}")
     ui.line(_device_line(dev))
@@ -171,11 +273,19 @@ def print_report(res: dict[str, Any], ui: Output | None = None) -> None:
             else "" if s["p50"] > 1 else "  (no win on this link/machine)")
     ui.line(f"split vs the better baseline ({s['baseline']}): {s['p50']:.2f}x at p50, "
             f"{s['p95']:.2f}x at p95{note}", style="bold")
-    a = res["agreement"]
-    ui.line(f"answers   split vs device-only: max |diff| {a['max_abs_error']:.3g} "
-            f"({a['relative_error']:.2%} of the output scale), top-1 agreement "
-            f"{a['top1_agreement']:.0%}: {'ok' if a['ok'] else 'CHECK'}",
-            style=None if a["ok"] else "bold red")
+    for mode in ("split", "edge-only"):
+        a = res["agreement"][mode]
+        ui.line(f"answers   {mode} vs device-only: max |diff| {a['max_abs_error']:.3g} "
+                f"({a['relative_error']:.2%} of the output scale), top-1 agreement "
+                f"{a['top1_agreement']:.0%}: {'ok' if a['ok'] else 'CHECK'}",
+                style=None if a["ok"] else "bold red")
+    if res.get("smallest_split"):
+        measured = res["link"].get("measured") or res["link"]["asked"]
+        ui.line(_why_line(res["smallest_split"], measured["bandwidth_bps"]))
+    if res.get("window"):
+        ui.line()
+        for line in _window_lines(res["window"], res["link"]["asked"]["rtt_s"]):
+            ui.line(line)
 
 
 def write_json(res: dict[str, Any], path: Path) -> None:

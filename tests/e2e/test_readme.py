@@ -53,7 +53,8 @@ def _commands() -> list[str]:
 def test_the_readme_has_the_examples_this_test_runs():
     assert len(_blocks("python")) == 3
     assert any(README_ADDRESS in b for b in _blocks("python"))
-    assert [c.split()[1] for c in _commands()] == ["export", "inspect", "demo", "plan"]
+    assert [c.split()[1] for c in _commands()] == ["export", "export", "inspect", "demo", "plan",
+                                                  "fidelity"]
 
 
 def test_the_python_examples_run_in_order(tmp_path, monkeypatch):
@@ -85,19 +86,22 @@ def _env() -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
-    """A folder where the README's export line ran (the other lines read what it wrote)."""
+def exported(tmp_path_factory: pytest.TempPathFactory
+             ) -> tuple[Path, dict[str, subprocess.CompletedProcess[str]]]:
+    """A folder where the README's export lines ran (the other lines read what they wrote),
+    and each export's result."""
     folder = tmp_path_factory.mktemp("cli")
-    export = next(c for c in _commands() if c.startswith("splitinfer export"))
-    return folder, subprocess.run(_argv(export), cwd=folder, env=_env(), capture_output=True,
-                                  text=True, timeout=600)
+    return folder, {c: subprocess.run(_argv(c), cwd=folder, env=_env(), capture_output=True,
+                                      text=True, timeout=600)
+                    for c in _commands() if c.startswith("splitinfer export")}
 
 
 @pytest.mark.parametrize("command", _commands(), ids=lambda c: " ".join(c.split()[:2]))
 def test_the_command_line_examples_run(command, exported):
-    folder, export = exported
-    assert export.returncode == 0, f"{export.stdout[-2000:]}\n{export.stderr[-2000:]}"
-    out = export if command.startswith("splitinfer export") else subprocess.run(
+    folder, exports = exported
+    for export in exports.values():
+        assert export.returncode == 0, f"{export.stdout[-2000:]}\n{export.stderr[-2000:]}"
+    out = exports[command] if command in exports else subprocess.run(
         _argv(command), cwd=folder, env=_env(), capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, f"{command}\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}"
     assert out.stdout.strip(), f"{command} printed nothing"
