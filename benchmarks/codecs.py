@@ -1,13 +1,26 @@
-"""Codec benchmark: bytes, SQNR and speed of every codec on resnet18 tensors at many cuts.
+"""Codec benchmark: bytes, SQNR and speed of every codec on resnet18 tensors at many cuts, and
+of the image codecs on the camera frames themselves.
 
     python -m benchmarks.codecs [--repeats N] [--out PATH] [--codecs int8+zstd,fp16]
+                                [--frame-codecs jpeg,png] [--frames N]
 
-resnet18 (torchvision, random weights, seed 0, eval) on one random 1x3x224x224 input. The
-tensors come from ``splitinfer.partition`` heads at every cut when that API works, from
-forward hooks otherwise. Every post-ReLU tensor is measured, plus a spread of the others.
-One thread throughout (torch, numpy, zstd): the device encodes on one core. Speeds are MB/s
-of fp32 input bytes, the median of ``--repeats`` samples; encode takes a numpy array (the
-device path without torch). Ends with PASS/FAIL against the int8+zstd targets.
+Tensors: resnet18 (torchvision, random weights, seed 0, eval) on one real frame, the first of
+``splitinfer.tools.frames`` (china.jpg, top-left 224x224 crop), normalized as torchvision does
+(``frames.normalized(frames.batch(1, 224))``: 1x3x224x224 float32). The tensors come from
+``splitinfer.partition`` heads at every cut when that API works, from forward hooks otherwise.
+Every post-ReLU tensor is measured, plus a spread of the others; ``--codecs`` defaults to every
+codec that carries float tensors. Speeds are MB/s of fp32 input bytes.
+
+Frames (the edge-only baseline): every image codec (``--frame-codecs``, default
+``splitinfer.codec.IMAGE_CODECS``) on each of the first ``--frames`` real frames as uint8
+(1, 224, 224, 3), next to int8+zstd on the same frame normalized to float: bytes, ratio to the
+raw frame (150528 bytes), pixel PSNR (int8+zstd: its decoded float mapped back to pixels),
+encode/decode MB/s of each codec's own input bytes (uint8 frame: 150528; float: 602112) and
+milliseconds per frame, the comparable figure.
+
+One thread throughout (torch, numpy, zstd, Pillow): the device encodes on one core. Speeds are
+the median of ``--repeats`` samples; encode takes a numpy array (the device path without
+torch). Ends with PASS/FAIL against the int8+zstd targets (the frames group has none).
 """
 
 from __future__ import annotations
@@ -31,7 +44,9 @@ from typing import Any, Callable  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks.progress import Steps  # noqa: E402
-from splitinfer.codec import decode, get_codec, list_codecs  # noqa: E402
+from splitinfer.codec import IMAGE_CODECS, decode, get_codec, list_codecs  # noqa: E402
+from splitinfer.core.errors import SplitInferError  # noqa: E402
+from splitinfer.tools import frames  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).parent / "results" / "codecs.json"
 TARGET_CODEC = "int8+zstd"
@@ -97,7 +112,7 @@ def collect(seed: int = 0) -> tuple[str, list[Sample]]:
 
     torch.manual_seed(seed)
     model = torchvision.models.resnet18(weights=None).eval()
-    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(seed))
+    x = torch.from_numpy(frames.normalized(frames.batch(1, 224)))  # frame 0: china.jpg, top-left
     try:
         return "partition", _from_partition(model, x)
     except Exception as e:  # a benchmark should still run while partition is in the works
@@ -204,6 +219,93 @@ def check_targets(summary: dict[str, dict[str, float]]) -> dict[str, dict[str, A
                 "pass": got.get(k) is not None and got[k] >= v} for k, v in TARGETS.items()}
 
 
+# -- frames: the image codecs on the camera frame, next to int8+zstd on the float input ------------
+FRAME_FLOAT_CODEC = "int8+zstd"
+
+
+def pixel_psnr(frame: np.ndarray, pixels: np.ndarray) -> float:
+    """PSNR in dB of ``pixels`` (any float or uint8 array shaped like ``frame``) against the
+    uint8 ``frame``, peak 255; inf when identical."""
+    if np.shape(pixels) != np.shape(frame):
+        raise ValueError(f"pixels of shape {np.shape(pixels)} against a frame of shape "
+                         f"{np.shape(frame)}: expected the same shape")
+    err = np.asarray(pixels, np.float64) - np.asarray(frame, np.float64)
+    mse = float(np.mean(err * err))
+    return math.inf if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
+
+
+def to_pixels(normalized: np.ndarray) -> np.ndarray:
+    """float NCHW normalized with ImageNet mean/std -> float NHWC pixels (0..255 scale)."""
+    m = np.asarray(frames.IMAGENET_MEAN, np.float64).reshape(1, -1, 1, 1)
+    sd = np.asarray(frames.IMAGENET_STD, np.float64).reshape(1, -1, 1, 1)
+    out: np.ndarray = ((np.asarray(normalized, np.float64) * sd + m) * 255.0).transpose(0, 2, 3, 1)
+    return out
+
+
+def measure_frame(codec_name: str, frame: np.ndarray, index: int, repeats: int
+                  ) -> dict[str, Any]:
+    """One codec on one uint8 HWC frame: the image codecs take the frame, the others its
+    normalized float NCHW tensor (what a float-input model is sent)."""
+    codec = get_codec(codec_name)
+    image = frame[None]
+    float_input = frames.normalized(image)
+    x = float_input if codec.applies_to("float32", float_input.shape) else image
+    enc = codec.encode(x, "frame")
+    y = decode(enc)
+    pixels = y if x.dtype == np.uint8 else to_pixels(y)
+    enc_s = time_call(lambda: codec.encode(x, "frame"), repeats)
+    dec_s = time_call(lambda: decode(enc), repeats)
+    return {"codec": codec_name, "frame": index, "input": f"{x.dtype} {list(x.shape)}",
+            "input_bytes": x.nbytes, "bytes": enc.nbytes, "ratio_to_raw": image.nbytes / enc.nbytes,
+            "psnr_db": pixel_psnr(image, pixels), "encode_mbps": x.nbytes / enc_s / 1e6,
+            "decode_mbps": x.nbytes / dec_s / 1e6, "encode_ms": enc_s * 1e3,
+            "decode_ms": dec_s * 1e3}
+
+
+def measure_frames(codecs: list[str], n: int, repeats: int) -> list[dict[str, Any]]:
+    """Every codec on each of the first ``n`` real frames (224x224)."""
+    chosen = frames.sample_frames(224)[:n]
+    rows = []
+    with Steps("frame codecs", len(codecs) * len(chosen)) as steps:
+        for codec in codecs:
+            for i, frame in enumerate(chosen):
+                rows.append(measure_frame(codec, frame, i, repeats))
+                steps.advance(note=f"{codec}: frame {i}")
+    return rows
+
+
+def summarize_frames(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per codec over the frames: bytes (median, q25, q75), median ratio to the raw frame,
+    PSNR (median, min), median speeds."""
+    out: dict[str, dict[str, Any]] = {}
+    for codec in dict.fromkeys(r["codec"] for r in rows):
+        rs = [r for r in rows if r["codec"] == codec]
+        q25, q50, q75 = np.percentile([r["bytes"] for r in rs], (25, 50, 75))
+        out[codec] = {"input": rs[0]["input"], "median bytes": float(q50),
+                      "q25 bytes": float(q25), "q75 bytes": float(q75),
+                      "median ratio to raw": statistics.median(r["ratio_to_raw"] for r in rs),
+                      "median PSNR dB": statistics.median(r["psnr_db"] for r in rs),
+                      "min PSNR dB": min(r["psnr_db"] for r in rs)}
+        for k in ("encode_mbps", "decode_mbps", "encode_ms", "decode_ms"):
+            out[codec][f"median {k.replace('_mbps', ' MB/s').replace('_ms', ' ms')}"] = \
+                statistics.median(r[k] for r in rs)
+    return out
+
+
+def print_frames(summary: dict[str, dict[str, Any]], n: int) -> None:
+    print(f"\n== frames: {n} real frames 224x224 (uint8 150528 B raw); MB/s of each codec's "
+          "own input")
+    print(f"{'codec':10} {'input':26} {'bytes med':>9} {'q25-q75':>13} {'ratio':>6} "
+          f"{'PSNR med':>8} {'PSNR min':>8} {'enc MB/s':>8} {'dec MB/s':>8} {'enc ms':>7} "
+          f"{'dec ms':>7}")
+    for codec, s in summary.items():
+        print(f"{codec:10} {s['input']:26} {s['median bytes']:>9.0f} "
+              f"{s['q25 bytes']:>6.0f}-{s['q75 bytes']:<6.0f} {s['median ratio to raw']:>6.2f} "
+              f"{_fmt_db(s['median PSNR dB']):>8} {_fmt_db(s['min PSNR dB']):>8} "
+              f"{s['median encode MB/s']:>8.0f} {s['median decode MB/s']:>8.0f} "
+              f"{s['median encode ms']:>7.2f} {s['median decode ms']:>7.2f}")
+
+
 def _json_safe(obj: Any) -> Any:
     if isinstance(obj, float) and not math.isfinite(obj):
         return None  # lossless SQNR: JSON has no inf
@@ -214,19 +316,49 @@ def _json_safe(obj: Any) -> Any:
     return obj
 
 
+def tensor_codecs() -> list[str]:
+    """Every registered codec that carries a float32 activation (the image codecs do not)."""
+    return [c for c in list_codecs() if get_codec(c).applies_to("float32", (1, 64, 56, 56))]
+
+
+def parse_codecs(ap: argparse.ArgumentParser, tensors: str, frame: str
+                 ) -> tuple[list[str], list[str]]:
+    """The two comma-separated lists as names, checked: a typo or an image codec among the
+    tensor codecs ends the run with the fix (``ap.error``) before anything is measured."""
+    lists = ([c.strip() for c in tensors.split(",") if c.strip()],
+             [c.strip() for c in frame.split(",") if c.strip()])
+    for c in lists[0] + lists[1]:
+        try:
+            get_codec(c)
+        except SplitInferError as e:  # CodecError: an unknown name
+            ap.error(str(e))
+    for c in lists[0]:
+        if not get_codec(c).applies_to("float32", (1, 64, 56, 56)):
+            ap.error(f"codec {c!r} does not carry float tensors; measure it on the frames "
+                     f"with --frame-codecs {c}")
+    return lists
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.codecs", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON output path")
     ap.add_argument("--repeats", type=int, default=5, help="timing samples per measurement")
-    ap.add_argument("--codecs", default=",".join(list_codecs()), help="comma-separated names")
+    ap.add_argument("--codecs", default=",".join(tensor_codecs()),
+                    help="comma-separated names for the tensors (default: every codec that "
+                         "carries float tensors)")
+    ap.add_argument("--frame-codecs", default=",".join((*IMAGE_CODECS, FRAME_FLOAT_CODEC)),
+                    help="comma-separated names for the frames (image codecs take the uint8 "
+                         "frame, the others the normalized float one)")
+    ap.add_argument("--frames", type=int, default=18,
+                    help="real frames for the frames group (1..18; 0 skips it)")
     ap.add_argument("--max-other", type=int, default=8,
                     help="non-post-ReLU tensors to include (spread over the cuts)")
     ap.add_argument("--strict", action="store_true", help="exit 1 when a target fails")
     args = ap.parse_args(argv)
-    codecs = [c.strip() for c in args.codecs.split(",") if c.strip()]
-    for c in codecs:
-        get_codec(c)  # fail early on a typo
+    codecs, frame_codecs = parse_codecs(ap, args.codecs, args.frame_codecs)
+    if not 0 <= args.frames <= 18:
+        ap.error(f"--frames {args.frames}: there are 18 real frames; pick 0..18")
 
     import torch
 
@@ -250,12 +382,18 @@ def main(argv: list[str] | None = None) -> int:
     parts = [f"{k} {t['value']:.2f} (>= {t['target']:g}) {'ok' if t['pass'] else 'FAIL'}"
              if t["value"] is not None else f"{k} n/a FAIL" for k, t in targets.items()]
     print(f"\n{TARGET_CODEC} targets: {'PASS' if ok else 'FAIL'}: " + "; ".join(parts))
+    frame_rows = measure_frames(frame_codecs, args.frames, args.repeats) if args.frames else []
+    frame_summary = summarize_frames(frame_rows)
+    if frame_rows:
+        print_frames(frame_summary, args.frames)
 
     import torchvision
     import zstandard
 
     result = {
         "meta": {"model": "resnet18 (random weights, seed 0, eval)", "input": [1, 3, 224, 224],
+                 "input_frame": "frames.normalized(frames.batch(1, 224)): frame 0, china.jpg "
+                                "top-left 224x224 crop",
                  "source": source, "threads": 1, "repeats": args.repeats,
                  "post_relu_rule": f"min >= 0 and >= {POST_RELU_ZEROS:.0%} zeros",
                  "python": platform.python_version(), "numpy": np.__version__,
@@ -264,6 +402,11 @@ def main(argv: list[str] | None = None) -> int:
                  "processor": platform.processor() or platform.platform(),
                  "seconds": round(time.perf_counter() - started, 1)},
         "rows": rows, "summary": summary, "targets": targets, "pass": ok,
+        "frames": {"meta": {"frames": args.frames, "size": 224, "raw_bytes": 224 * 224 * 3,
+                            "mbps_of": "each codec's own input bytes (uint8 frame or float32 "
+                                       "normalized frame)",
+                            "psnr": "decoded pixels vs the uint8 frame, peak 255"},
+                   "rows": frame_rows, "summary": frame_summary},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(_json_safe(result), indent=1) + "\n")

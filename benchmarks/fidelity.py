@@ -21,6 +21,11 @@ whole model bit for bit. Two models, side by side:
 (b) a small CNN trained here on scikit-learn's digits (8x8, 1797 images, bundled with
     scikit-learn; stratified 70/30 split, seed 0, CPU): top-1 test accuracy of split inference
     at every cut vs the fp32 model, and the difference in points.
+(c) images (``benchmarks/fidelity_images.py``): on real frames, bytes and fidelity of the frame
+    sent as JPEG q95/90/75/50 or PNG (cut 0, edge-only) against int8+zstd and fp16 at early
+    cuts: MobileNetV3-Small and ResNet-18 with random weights (output relative error, cosine;
+    top-1 not meaningful) and a CNN trained here on digits rendered as 32x32 frames (accuracy).
+    JSON block ``images``; figure ``fidelity_images.png`` next to the PNG.
 
 Cuts whose tail fails on contiguous inputs are not measured but listed in the JSON
 (``cuts_rejected_by_tail``): decoded tensors are contiguous, and a tail that starts with
@@ -28,7 +33,8 @@ Cuts whose tail fails on contiguous inputs are not measured but listed in the JS
 
 One torch thread. Also bytes per sample on the wire per codec. Ends with PASS/FAIL against the
 int8+zstd targets: mean cosine >= 0.999 at every sampled cut, top-1 within 0.5 points of fp32
-at every cut. Writes JSON and a PNG (1 - cosine and accuracy delta vs cut, per codec).
+at every cut ((c) has no target: it is the comparison the planner has to win). Writes JSON and a
+PNG (1 - cosine and accuracy delta vs cut, per codec).
 """
 
 from __future__ import annotations
@@ -109,35 +115,54 @@ def candidate_cuts(sm: Any, inputs: Sequence[torch.Tensor]) -> tuple[list[Any], 
     contiguous tensors. Decoded tensors are always contiguous; a head that ends in a
     transpose hands the tail a strided view, and a tail that then calls ``view`` fails.
     """
+    return usable_cuts(sm, [c for c in sm.cuts
+                            if any(t.dtype.startswith(("float", "bfloat")) for t in c.tensors)
+                            and all(t.shape and t.shape[0] == DYNAMIC for t in c.tensors)],
+                       inputs)
+
+
+def usable_cuts(sm: Any, cuts: Sequence[Any], inputs: Sequence[torch.Tensor]
+                ) -> tuple[list[Any], dict[int, str]]:
+    """(the ``cuts`` whose tail runs on decoded tensors, {cut id: why not} for the others)."""
     ok, rejected = [], {}
-    one = tuple(t[:1] for t in inputs)
-    for c in sm.cuts:
-        if not (any(t.dtype.startswith(("float", "bfloat")) for t in c.tensors)
-                and all(t.shape and t.shape[0] == DYNAMIC for t in c.tensors)):
-            continue
-        try:
-            sm.tail(c.id)(*(t.contiguous() for t in sm.head(c.id)(*one)))
-        except RuntimeError as e:
-            rejected[c.id] = f"{c.name}: {type(e).__name__}: {str(e)[:120]}"
-            continue
-        ok.append(c)
+    for c in cuts:
+        why = usable_reason(sm, c, inputs)
+        if why is None:
+            ok.append(c)
+        else:
+            rejected[c.id] = why
     return ok, rejected
 
 
-def roundtrip(codec_name: str, crossing: Sequence[torch.Tensor], names: Sequence[str]
-              ) -> tuple[list[torch.Tensor], float]:
-    """Encode each sample's tensors separately, decode, re-batch; also mean wire bytes/sample."""
+def usable_reason(sm: Any, cut: Any, inputs: Sequence[torch.Tensor]) -> str | None:
+    """None when ``cut``'s tail runs on contiguous copies of its head's tensors (one sample),
+    else why not."""
+    one = tuple(t[:1] for t in inputs)
+    try:
+        sm.tail(cut.id)(*(t.contiguous() for t in sm.head(cut.id)(*one)))
+    except RuntimeError as e:
+        return f"{cut.name}: {type(e).__name__}: {str(e)[:120]}"
+    return None
+
+
+def roundtrip(codec_name: str, crossing: Sequence[torch.Tensor], names: Sequence[str],
+              per_sample: list[int] | None = None) -> tuple[list[torch.Tensor], float]:
+    """Encode each sample's tensors separately, decode, re-batch; also mean wire bytes/sample.
+    ``per_sample`` (a list) gets each sample's wire bytes, all its tensors together."""
     codec = get_codec(codec_name)
     batch = crossing[0].shape[0]
-    out, total = [], 0
+    out, sizes = [], [0] * batch
     for t, name in zip(crossing, names):
         parts = []
         for i in range(batch):
-            enc = codec.encode(t[i:i + 1], name)
-            total += enc.nbytes
+            one = t[i:i + 1]  # uint8 frames go as numpy: the image codecs never see torch
+            enc = codec.encode(one.numpy() if one.dtype == torch.uint8 else one, name)
+            sizes[i] += enc.nbytes
             parts.append(decode_torch(enc))
         out.append(torch.cat(parts))
-    return out, total / batch
+    if per_sample is not None:
+        per_sample.extend(sizes)
+    return out, sum(sizes) / batch
 
 
 def split_outputs(sm: Any, cut: Any, inputs: Sequence[torch.Tensor], codecs: Sequence[str]
@@ -249,6 +274,22 @@ class DigitsCNN(nn.Module):
         return self.classifier(torch.flatten(self.features(x), 1))
 
 
+def fit_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, train: Any,
+                   epochs: int, seed: int = 0) -> nn.Module:
+    """``model`` trained on ``x[train]`` (Adam, lr 3e-3, batches of 32, cross-entropy, shuffled
+    with ``seed``), returned in eval mode."""
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        model.train()
+        for idx in torch.randperm(len(train), generator=gen).split(32):
+            batch = torch.as_tensor(train)[idx]
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x[batch]), y[batch]).backward()
+            opt.step()
+    return model.eval()
+
+
 def train_digits(epochs: int, seed: int = 0) -> tuple[nn.Module, torch.Tensor, torch.Tensor,
                                                       dict[str, Any]]:
     """(eval model, x_test, y_test, facts): trained on 70% of digits, fixed seed, CPU."""
@@ -261,17 +302,7 @@ def train_digits(epochs: int, seed: int = 0) -> tuple[nn.Module, torch.Tensor, t
     tr, te = train_test_split(np.arange(len(y)), test_size=0.3, random_state=seed,
                               stratify=data.target)
     torch.manual_seed(seed)
-    model = DigitsCNN()
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        model.train()
-        for idx in torch.randperm(len(tr), generator=gen).split(32):
-            batch = torch.as_tensor(tr)[idx]
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(x[batch]), y[batch]).backward()
-            opt.step()
-    model.eval()
+    model = fit_classifier(DigitsCNN(), x, y, tr, epochs, seed)
     x_te, y_te = x[torch.as_tensor(te)], y[torch.as_tensor(te)]
     with torch.no_grad():
         acc = 100.0 * float((model(x_te).argmax(1) == y_te).float().mean())
@@ -405,10 +436,15 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def run(n_sentences: int, n_cuts: int, epochs: int, codecs: Sequence[str],
-        digits_cuts: int = 1000, progress: bool = False) -> dict[str, Any]:
+        digits_cuts: int = 1000, progress: bool = False, image_frames: int = 18,
+        image_cuts: int = 4) -> dict[str, Any]:
     """The whole benchmark as one JSON-ready dict (no files; with ``progress``, a progress
-    display on stderr, else no printing)."""
+    display on stderr, else no printing). ``image_frames`` 0 skips the images section
+    (``images`` is then None)."""
+    from benchmarks import fidelity_images
+
     started = time.perf_counter()
+    images = None
     # steps: MiniLM loaded, the CNN trained, then one per cut (counted once known)
     with Steps("fidelity benchmark", 2, enabled=progress) as steps:
         sentences = load_sentences(n_sentences)
@@ -420,6 +456,8 @@ def run(n_sentences: int, n_cuts: int, epochs: int, codecs: Sequence[str],
         cnn, x_te, y_te, dg_info = train_digits(epochs)
         steps.advance(note=f"digits CNN trained ({epochs} epochs)")
         dg_rows, dg_cuts = digits_fidelity(cnn, x_te, y_te, codecs, digits_cuts, steps=steps)
+        if image_frames:
+            images = fidelity_images.run_images(image_frames, image_cuts, epochs, steps=steps)
     dg_info.update(dg_cuts)
     rows = lm_rows + dg_rows
     targets = check_targets(rows)
@@ -433,17 +471,22 @@ def run(n_sentences: int, n_cuts: int, epochs: int, codecs: Sequence[str],
             "cores": os.cpu_count(), "minilm_seconds": round(lm_s, 1),
             "seconds": round(time.perf_counter() - started, 1)}
     return {"meta": meta, "rows": rows, "summary": summarize(rows), "targets": targets,
-            "pass": all(t["pass"] for t in targets.values())}
+            "pass": all(t["pass"] for t in targets.values()), "images": images}
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.fidelity", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON output (PNG next to it)")
-    ap.add_argument("--quick", action="store_true", help="64 sentences, 8 MiniLM cuts")
+    ap.add_argument("--quick", action="store_true",
+                    help="64 sentences, 8 MiniLM cuts, 4 frames and 2 cuts for the images")
     ap.add_argument("--sentences", type=int, help="MiniLM sentences (default 320; quick 64)")
     ap.add_argument("--cuts", type=int, help="MiniLM cuts to sample (default 12; quick 8)")
     ap.add_argument("--epochs", type=int, default=8, help="digits CNN training epochs")
+    ap.add_argument("--frames", type=int,
+                    help="real frames for the images section (default 18; quick 4; 0 skips it)")
+    ap.add_argument("--image-cuts", type=int, help="early cuts per image model (default 4; "
+                    "quick 2)")
     ap.add_argument("--strict", action="store_true", help="exit 1 when a target fails")
     args = ap.parse_args(argv)
     n_sent = args.sentences or (64 if args.quick else 320)
@@ -453,7 +496,10 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     torch.set_num_threads(1)
-    result = run(n_sent, n_cuts, args.epochs, CODECS, progress=True)
+    n_frames = args.frames if args.frames is not None else (4 if args.quick else 18)
+    image_cuts = args.image_cuts or (2 if args.quick else 4)
+    result = run(n_sent, n_cuts, args.epochs, CODECS, progress=True, image_frames=n_frames,
+                 image_cuts=image_cuts)
     meta = result["meta"]
     print(f"{n_sent} sentences ({meta['minilm']['tokens_mean']} tokens mean, "
           f"{meta['minilm']['truncated']} truncated at {SEQ_LEN}), MiniLM cuts "
@@ -475,6 +521,11 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     png = args.out.with_suffix(".png")
     plot(result["rows"], png)
+    if result["images"]:
+        from benchmarks import fidelity_images
+
+        fidelity_images.report(result["images"],
+                               args.out.with_name(args.out.stem + "_images.png"))
     print(f"wrote {args.out} and {png}; wall time {meta['seconds']} s "
           f"(MiniLM {meta['minilm_seconds']} s)")
     return 1 if args.strict and not result["pass"] else 0

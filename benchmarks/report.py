@@ -128,11 +128,24 @@ def section_codecs(d: dict[str, Any]) -> list[str]:
     m = d["meta"]
     rows = [[c, s["median ratio"], s["min ratio"], s["min SQNR dB"], s["min encode MB/s"],
              s["min decode MB/s"]] for c, s in d["summary"].items()]
-    return ([f"{m['model']}, input {m['input']}, every post-ReLU cut, {m['threads']} thread: "
-             "bytes saved against fp32 (ratio), signal to quantization noise, and encode/decode "
-             "speed in MB of fp32 input per second.", ""]
-            + _table(["codec", "median ratio", "min ratio", "min SQNR dB", "min encode MB/s",
-                      "min decode MB/s"], rows) + _plot("codecs"))
+    lines = ([f"{m['model']}, input {m.get('input_frame', m['input'])}, every post-ReLU cut, "
+              f"{m['threads']} thread: bytes saved against fp32 (ratio), signal to quantization "
+              "noise, and encode/decode speed in MB of fp32 input per second.", ""]
+             + _table(["codec", "median ratio", "min ratio", "min SQNR dB", "min encode MB/s",
+                       "min decode MB/s"], rows))
+    frames = (d.get("frames") or {}).get("summary")
+    if frames:
+        lines += ["The frame itself (what edge-only sends): each image codec on the uint8 "
+                  "frames (224x224x3, 150,528 bytes raw), next to int8+zstd on the same frames "
+                  "normalized to float (what a model without an image input is sent).", ""]
+        lines += _table(["codec", "input", "median bytes", "q25-q75 bytes", "ratio to raw",
+                         "median PSNR dB", "min PSNR dB", "encode ms", "decode ms"],
+                        [[c, f["input"], f["median bytes"],
+                          f"{f['q25 bytes']:,.0f}-{f['q75 bytes']:,.0f}",
+                          f["median ratio to raw"], f["median PSNR dB"], f["min PSNR dB"],
+                          f["median encode ms"], f["median decode ms"]]
+                         for c, f in frames.items()])
+    return lines + _plot("codecs")
 
 
 def section_fidelity(d: dict[str, Any]) -> list[str]:
@@ -150,7 +163,40 @@ def section_fidelity(d: dict[str, Any]) -> list[str]:
                f"test accuracy); top-1 accuracy change against fp32, worst of "
                f"{len(m['digits']['cuts_measured'])} cuts.", ""]
             + _table(["codec", "worst delta (points)", "worst agreement %", "median bytes/image"],
-                     digits) + _plot("fidelity"))
+                     digits) + _plot("fidelity") + _fidelity_images(d.get("images")))
+
+
+def _fidelity_images(images: dict[str, Any] | None) -> list[str]:
+    """The frame codecs (edge-only) against int8+zstd at early cuts (split), per model."""
+    if not images:
+        return []
+    meta = images["meta"]
+    lines = [f"(c) Frames: {meta['frames']}. Edge-only rows send the frame (cut 0) with an image "
+             "codec; split rows send an early cut's tensors (the first, `image.div#2`, is the frame "
+             "normalized to float: what edge-only sends for a bundle without an image input). "
+             "Output distortion against the unsplit model on the original frame; on the trained "
+             "digits model, accuracy.", ""]
+    for name, info in images["models"].items():
+        rows = [r for r in images["rows"] if r["model"] == name and "error" not in r]
+        spread = [f"{r['kb_median']:.1f} ({r['kb_q25']:.1f}-{r['kb_q75']:.1f})" for r in rows]
+        where = [f"{r['placement']} cut {r['cut']} {r['cut_name']}" for r in rows]
+        if "acc_pct" in (rows[0] if rows else {}):
+            lines += [f"{name}: {info.get('weights', '')}; {info.get('samples')} test samples, "
+                      f"fp32 accuracy {rows[0]['acc_fp32_pct']:.2f} %.", ""]
+            lines += _table(["where", "codec", "KB/sample median (q25-q75)", "accuracy %",
+                             "change (points)"],
+                            [[w, r["codec"], k, r["acc_pct"], r["delta_pts"]]
+                             for w, k, r in zip(where, spread, rows)])
+            continue
+        top1 = ("top-1 agreement not meaningful: random weights give "
+                f"{info.get('distinct_top1')} distinct top-1 class(es) over the frames"
+                if not info.get("top1_meaningful") else "")
+        lines += [f"{name}: {info.get('weights', '')}; {info.get('samples')} frames. {top1}", ""]
+        lines += _table(["where", "codec", "KB/frame median (q25-q75)", "rel. error median",
+                         "rel. error p95", "cosine mean", "cosine min"],
+                        [[w, r["codec"], k, r["relerr_median"], r["relerr_p95"], r["cos_mean"],
+                          r["cos_min"]] for w, k, r in zip(where, spread, rows)])
+    return lines + _plot("fidelity images", "fidelity_images")
 
 
 def section_edge(d: dict[str, Any]) -> list[str]:
@@ -180,19 +226,36 @@ def section_client(d: dict[str, Any]) -> list[str]:
             + _plot("client streaming", "client_stream"))
 
 
+def _closest(c: dict[str, Any] | None) -> str:
+    """The split cut nearest its byte budget: what it may send against what it sends."""
+    if not c:
+        return "-"
+    return (f"{c['cut']} {c['cut_name']}: {c['bytes_needed']:,.0f} / {c['bytes_now']:,.0f} B "
+            f"({c['shrink_needed']:.1f}x too big; output error {c['error_now']:.2g})")
+
+
+#: tensor codecs that carry a uint8 frame as it is ("raw") or zstd'ed ("raw+zstd")
+_TENSOR_ON_FRAME = ("fp32", "fp16", "bf16", "int8", "fp32+zstd", "fp16+zstd", "bf16+zstd",
+                    "int8+zstd")
+
+
 def section_planner(d: dict[str, Any]) -> list[str]:
     m = d["meta"]
     rows = []
     for r, w in zip(d["rows"], d["summary"]["split_vs_baselines"]):
         kind = "split" if w["split"] else ("edge-only" if r["chosen_cut"] == 0 else "device-only")
+        codec = r["chosen_codec"]
+        if r["chosen_cut"] == 0 and m.get("input_dtype") == "uint8" and codec in _TENSOR_ON_FRAME:
+            codec = f"{codec} = the uint8 frame, lossless"  # tensor codecs never quantize integers
         rows.append([f"{r['bandwidth_mbps']:g} Mbit/s, {r['rtt_ms']:g} ms",
-                     f"{r['chosen_cut']} {r['chosen_cut_name']} ({kind}, {r['chosen_codec']})",
+                     f"{r['chosen_cut']} {r['chosen_cut_name']} ({kind}, {codec})",
                      r["chosen_ms"], r["predicted_ms"], f"{r['oracle_cut']}: {r['oracle_ms']:.1f}",
-                     r["chosen_ms"] / r["oracle_ms"], r["device_only_ms"], r["edge_only_ms"],
+                     r["chosen_ms"] / r["oracle_ms"], r["device_only_ms"],
+                     f"{r['edge_only_ms']:.1f} ({r.get('edge_only_request_bytes', 0) / 1e3:.1f} KB)",
                      w["gain_vs_best_baseline"],
                      f"{r.get('device_speed_factor', 1.0):.2f} / "
                      f"{r.get('edge_speed_factor', 1.0):.2f}"])
-    wins = [w for w in d["summary"]["split_vs_baselines"] if w["split"] and w["beats_baselines"]]
+    wins = d["summary"].get("split_wins", [])
     worst = min(w["gain_vs_best_baseline"] for w in d["summary"]["split_vs_baselines"])
     if d.get("device_cpu_quota"):
         how = f"one thread under a {d['device_cpu_quota']} core CPU quota (cgroup)"
@@ -200,7 +263,8 @@ def section_planner(d: dict[str, Any]) -> list[str]:
         how = (f"one thread made {d.get('device_slowdown', 1):g}x slower by time dilation (each "
                "step of device work runs at full speed, then idles "
                f"{d.get('device_slowdown', 1) - 1:g}x its CPU time; `splitinfer.measure.slowdown`)")
-    lines = [f"{m.get('model', 'resnet18')}, input {m['input']}; device = the shipped "
+    lines = [f"{m.get('model', 'resnet18')}, input {m['input']} {m.get('input_dtype', '')} "
+             f"({m.get('frames', 'random')}); device = the shipped "
              f"device client (`device_client.SplitClient`, each configuration one "
              f"`infer_result(cut=, codec=)`) on {how}, "
              "edge = a real edge process "
@@ -214,15 +278,31 @@ def section_planner(d: dict[str, Any]) -> list[str]:
              "its answers reported them (both factors in the last column; `docs/planner.md`, "
              "Validation).", ""]
     lines += _table(["link", "chosen cut", "chosen ms", "predicted ms", "oracle cut: ms",
-                     "chosen/oracle", "device-only ms", "edge-only ms",
+                     "chosen/oracle", "device-only ms", "edge-only JPEG q90 ms (bytes)",
                      "best baseline / chosen", "device / edge speed x profile"], rows)
     if wins:
-        best = max(wins, key=lambda w: w["gain_vs_best_baseline"])
-        lines.append(f"The split beats the better of device-only and edge-only on "
-                     f"{len(wins)} link(s); most at {best['bandwidth_mbps']:g} Mbit/s, "
-                     f"{best['rtt_ms']:g} ms RTT: {best['gain_vs_best_baseline']:.2f}x.")
+        best = max(wins, key=lambda w: w["gain"])
+        lines.append(f"A split (measured) beats the better of device-only and edge-only JPEG q90 "
+                     f"on {len(wins)} link(s); most at {best['bandwidth_mbps']:g} Mbit/s, "
+                     f"{best['rtt_ms']:g} ms RTT: cut {best['cut']} {best['codec']}, "
+                     f"{best['gain']:.2f}x.")
     else:
-        lines.append("No link of this grid made a split the fastest choice.")
+        lines.append("No split measured on this grid beats both device-only and edge-only JPEG "
+                     "q90.")
+    lines += ["", "What a split would need on each link (from the profiles): the most bytes the "
+              "best split cut may send to be 5 % faster than the better baseline, against what "
+              "int8+zstd sends there and the output error it causes.", ""]
+    lines += _table(["link", "best split cut", "baseline (predicted ms)", "bytes it may send",
+                     "int8+zstd sends", "int8+zstd output error",
+                     "closest cut: may send / int8+zstd sends"],
+                    [[f"{n['bandwidth_mbps']:g} Mbit/s, {n['rtt_ms']:g} ms",
+                      f"{n['cut']} {n['cut_name']}",
+                      f"{n['baseline']} ({n['baseline_predicted_ms']:.1f})",
+                      f"{n['bytes_needed']:,.0f}" if n["reachable"]
+                      else f"none: {n['rest_predicted_ms'] - 0.95 * n['baseline_predicted_ms']:.1f}"
+                           " ms over sending nothing",
+                      n["bytes_now"], n["error_now"], _closest(n.get("closest"))]
+                     for n in d["summary"].get("split_needs", []) if "cut" in n])
     lines += [f"Worst case against the better baseline: {worst:.3f}x (a value below 1 is a loss).",
               ""]
     if "profile_speed_ratio_worst" in d["summary"]:

