@@ -2,7 +2,9 @@
 
 The smallest honest end-to-end run there is without a network: for a spread of cuts it runs the
 head, encodes the crossing tensors with each codec, decodes them, runs the tail, and compares
-the answer with the whole model's (max abs error, top-1 agreement) next to the bytes sent.
+the answer with the whole model's (max abs error, top-1 agreement) next to the bytes sent. The
+input is real photo frames (``splitinfer.tools.frames``) when the shape is an RGB image
+(N, 3, S, S), random values otherwise (the demo says which).
 """
 
 from __future__ import annotations
@@ -70,6 +72,19 @@ def _print_rows(ui: Output, rows: list[dict[str, Any]]) -> None:
               for r in rows])
 
 
+def _example(shape: tuple[int, ...]) -> tuple[Any, str]:
+    """The demo's input and what it is: real photo frames (normalized as torchvision models
+    expect) for an RGB image shape (N, 3, S, S), else random values (said so)."""
+    import torch
+
+    if len(shape) == 4 and shape[1] == 3 and shape[2] == shape[3] >= 8:
+        from .frames import batch, normalized
+
+        return (torch.from_numpy(normalized(batch(shape[0], shape[2]))),
+                "real photo frames (splitinfer.tools.frames)")
+    return torch.randn(*shape), "random values (the shape is not an RGB image)"
+
+
 def run_demo(args: argparse.Namespace, quiet: Any = None) -> int:
     """The offline codec demo (see the module docstring); the exit code: 1 when a lossless
     codec's split did not give the whole model's answer. ``quiet``: a context manager that
@@ -81,8 +96,8 @@ def run_demo(args: argparse.Namespace, quiet: Any = None) -> int:
     ui: Output = getattr(args, "ui", None) or Output()
     torch.manual_seed(0)
     model = load_factory(args.model)().eval()
-    x = torch.randn(*args.example_shape)
-    ui.line(f"partitioning {args.model} (random weights) on input {list(x.shape)} ...")
+    x, what = _example(args.example_shape)
+    ui.line(f"partitioning {args.model} (random weights) on input {list(x.shape)}, {what} ...")
     t0 = time.perf_counter()
     with ui.status(f"capturing {args.model}"), \
             quiet if quiet is not None else contextlib.nullcontext():

@@ -138,6 +138,7 @@ def cmd_fidelity(args: argparse.Namespace) -> int:
     if not args.json:
         _print_report(report, ui)
     out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     _write_atomic(out, json.dumps(report.to_json(), indent=2) + "\n")
     ui.line(f"wrote {out}")
     if profile is not None:

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from splitinfer.core.errors import ServingError, SplitInferError
 from splitinfer.core.link import Link, parse_duration, parse_rate
-from splitinfer.core.planner import Constraints, Plan, baseline_label, choose
+from splitinfer.core.planner import Candidate, Constraints, Plan, baseline_label, choose
 from splitinfer.core.profiles import DeviceProfile, EdgeProfile
 from splitinfer.transport import TLS
 
@@ -183,9 +183,23 @@ _BASELINE_COLUMNS: list[Column] = ["baseline", ("KB", "right"), ("total ms", "ri
                                    ("speedup", "right")]
 
 
-def _print_plan(plan: Plan, top: int, ui: Output | None = None) -> None:
+def _errors(device: DeviceProfile | None) -> dict[tuple[int, str | None], str]:
+    """(cut, codec) -> the measured output error, formatted (device-only: exact)."""
+    if device is None:
+        return {}
+    out: dict[tuple[int, str | None], str] = {(device.cuts[-1].cut_id, None): "0"}
+    for cut in device.cuts:
+        out.update({(cut.cut_id, k.codec): f"{k.error:.2g}" for k in cut.codecs})
+    return out
+
+
+def _print_plan(plan: Plan, top: int, ui: Output | None = None,
+                device: DeviceProfile | None = None) -> None:
+    """The ranked candidates, the baselines and the choice; with ``device`` (the profile the
+    plan came from) an ``error`` column: each (cut, codec)'s measured output error."""
     ui = ui or Output()
     ms = 1e3
+    errors = _errors(device)
     ui.line(f"link: RTT {plan.link.rtt_s * ms:.1f} ms, {plan.link.bandwidth_bps / 1e6:.2f} "
             f"Mbit/s; objective: {plan.objective}")
     rows = []
@@ -195,18 +209,38 @@ def _print_plan(plan: Plan, top: int, ui: Output | None = None) -> None:
         rows.append((rank, c.cut_id, c.cut_name, c.codec or "-", f"{c.request_bytes / 1e3:.1f}",
                      f"{b.total_s * ms:.2f}", f"{b.head_s * ms:.2f}", f"{b.encode_s * ms:.2f}",
                      f"{b.uplink_s * ms:.2f}", f"{b.rtt_s * ms:.1f}", f"{edge * ms:.2f}",
-                     f"{(b.downlink_s + b.response_decode_s) * ms:.2f}"))
-    ui.table(_COLUMNS, rows)
+                     f"{(b.downlink_s + b.response_decode_s) * ms:.2f}")
+                    + ((errors.get((c.cut_id, c.codec), "?"),) if errors else ()))
+    ui.table(_COLUMNS + ([("error", "right")] if errors else []), rows)
     if plan.baselines:
         ui.line()
-        ui.table(_BASELINE_COLUMNS, [
-            (baseline_label(b), f"{b.request_bytes / 1e3:.1f}",
+        ui.table(_BASELINE_COLUMNS + ([("error", "right")] if errors else []), [
+            (label, f"{b.request_bytes / 1e3:.1f}",
              f"{b.breakdown.total_s * ms:.2f}", f"{plan.speedup_over(b):.2f}x")
-            for b in plan.baselines], title="baselines")
+            + ((errors.get((b.cut_id, b.codec), "?"),) if errors else ())
+            for b, label in _distinct_baselines(plan.baselines, errors)], title="baselines")
     ui.line()
     ui.line(_chosen_line(plan), style="bold green")
     for note in plan.notes:
         ui.line(f"note: {note if len(note) <= 200 else note[:200] + '…'}", style="yellow")
+
+
+def _distinct_baselines(baselines: tuple[Candidate, ...],
+                        errors: dict[tuple[int, str | None], str]
+                        ) -> list[tuple[Candidate, str]]:
+    """The baselines with their labels, one row per distinct upload: codecs that send the same
+    bytes with the same error (every tensor codec sends a uint8 frame as it is; their times
+    differ by measuring noise) share the best one's row, "edge-only fp32 (= fp16, int8)"."""
+    rows: dict[tuple[Any, ...], tuple[Candidate, list[str]]] = {}
+    for b in baselines:
+        key = (b.cut_id, b.request_bytes, errors.get((b.cut_id, b.codec))) \
+            if b.codec is not None else (b.cut_id,)
+        if key in rows:
+            rows[key][1].append(str(b.codec))
+        else:
+            rows[key] = (b, [])
+    return [(b, baseline_label(b) + (f" (= {', '.join(same)})" if same else ""))
+            for b, same in rows.values()]
 
 
 def _chosen_line(plan: Plan) -> str:
@@ -285,7 +319,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     device, edge, link = _profiles(args, sm)
     plan = choose(device, edge, link, objective=args.objective, constraints=_constraints(args))
     if not args.json:
-        _print_plan(plan, args.top, ui)
+        _print_plan(plan, args.top, ui, device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "plan.json").write_text(json.dumps(plan.to_json(), indent=2) + "\n")

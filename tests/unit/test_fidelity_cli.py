@@ -376,7 +376,7 @@ def test_cli_end_to_end(trained, cli_files, tmp_path, capsys):
     sm = trained[0]
     profile = tmp_path / "device.json"
     profile.write_text(json.dumps(_profile(sm).to_json()))
-    out = tmp_path / "fidelity.json"
+    out = tmp_path / "reports" / "fidelity.json"  # a folder that is not there yet
     rc = main(["fidelity", str(cli_files / "bundle"), "--data", str(cli_files / "data"),
                "--codecs", "fp32,int8,png,jpeg", "--cuts", "0,2", "--limit", "15",
                "--profile", str(profile), "-o", str(out), "--quiet"])

@@ -113,6 +113,11 @@ def test_edge_only_jpeg_is_planned_and_is_the_baseline_to_beat(setup, tmp_path, 
         == 2000
     assert "1.00x over edge-only jpeg (the best baseline)" in printed
     assert (tmp_path / "plan.png").read_bytes()[:4] == b"\x89PNG"
+    # each row says what the codec does to the answer: the jpeg's measured 0.01
+    baselines = printed[printed.index("baselines"):].splitlines()
+    assert "error" in baselines[1] or "error" in baselines[0]
+    jpeg_row = next(line for line in baselines if line.strip().startswith("edge-only jpeg"))
+    assert jpeg_row.split()[-1] == "0.01"
     # a device as fast as this machine on a slow link: a late cut sends a few bytes where
     # the JPEG sends 2 kB (800 ms at 20 kbit/s); the split wins, and says by how much
     device_json = _with_jpeg(root, tmp_path, slower=1.0)
@@ -189,3 +194,23 @@ def test_data_is_what_the_profile_measures(frame_bundle, tmp_path, capsys):
                  "--device-profile", str(tmp_path / "device_profile.json"), "--quiet",
                  "--data", str(tmp_path / "data"), "-o", str(tmp_path)]) == 2
     assert "drop one of them" in capsys.readouterr().err
+
+
+def test_baselines_that_send_the_same_upload_share_a_row():
+    from splitinfer.core.planner import Breakdown, Candidate
+    from splitinfer.tools.plan import _distinct_baselines
+
+    def cand(codec, nbytes, total):
+        return Candidate(0 if codec else 9, "input" if codec else "output", codec, total,
+                         Breakdown(head_s=total), 0.0, nbytes)
+
+    # every tensor codec sends a uint8 frame as it is: the same bytes, the same (zero) error
+    baselines = (cand(None, 0, 0.01), cand("jpeg", 14_000, 0.04), cand("fp32", 150_528, 0.10),
+                 cand("fp16", 150_528, 0.1001), cand("png", 75_000, 0.08))
+    errors = {(0, "jpeg"): "0.015", (0, "fp32"): "0", (0, "fp16"): "0", (0, "png"): "0"}
+    rows = _distinct_baselines(baselines, errors)
+    assert [label for _, label in rows] == ["device-only", "edge-only jpeg",
+                                            "edge-only fp32 (= fp16)", "edge-only png"]
+    # a different error is a different upload, even at the same size
+    errors[(0, "fp16")] = "0.001"
+    assert len(_distinct_baselines(baselines, errors)) == 5
