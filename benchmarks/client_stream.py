@@ -4,7 +4,9 @@
 
 One run, side by side, on this machine:
 
-- Model: torchvision ResNet-18 (random weights, seed 0), 1x3x64x64 frames, cut after
+- Model: torchvision ResNet-18 (random weights, seed 0), 1x3x64x64 frames (real photos:
+  ``splitinfer.tools.frames.batch(1, 64, start=i)``, the 18 crops of scikit-learn's sample
+  photos in turn, ImageNet-normalized), cut after
   ``layer2`` with int8+zstd (a ~3-6 KB request): head and tail each take a few milliseconds
   here, shorter than the round trip, which is the case pipelining is for.
 - Edge: a real ``splitinfer-edge`` process (``--max-batch-size 8 --max-queue-delay-ms 2``).
@@ -38,6 +40,7 @@ from device_client import SplitClient
 from splitinfer.model.bundle import save_bundle
 from splitinfer.model.split_model import partition
 from splitinfer.tools.edgeproc import start_edge
+from splitinfer.tools.frames import batch, normalized
 from splitinfer.tools.netem import LinkEmulator, LinkShape
 
 RESULTS = Path(__file__).parent / "results"
@@ -50,7 +53,7 @@ EDGE_FLAGS = ("--max-batch-size", "8", "--max-queue-delay-ms", "2", "--log-level
 def export(repo: Path) -> tuple[Path, Any, int]:
     torch.manual_seed(0)
     model = torchvision.models.resnet18().eval()
-    sm = partition(model, (torch.randn(1, 3, 64, 64),), name="resnet18")
+    sm = partition(model, (torch.zeros(1, 3, 64, 64),), name="resnet18")
     path = repo / "resnet18" / "1"
     save_bundle(sm, path)
     cut = max(c.id for c in sm.cuts if c.name.startswith("layer2"))
@@ -76,8 +79,7 @@ def measure_all(args: argparse.Namespace, edge_port: int, bundle: Path, cut: int
                 steps: Steps) -> tuple[list[dict[str, Any]], Any]:
     """Sequential infer(), then stream() at each window, through the link emulator; (rows,
     the sequential client's stats)."""
-    torch.manual_seed(1)
-    frames = [torch.randn(1, 3, 64, 64) for _ in range(args.frames)]
+    frames = [torch.from_numpy(normalized(batch(1, 64, start=i))) for i in range(args.frames)]
     rows = []
     with LinkEmulator(("127.0.0.1", edge_port), shape=LINK) as proxy:
         address = f"127.0.0.1:{proxy.port}"

@@ -220,7 +220,7 @@ def section_client(d: dict[str, Any]) -> list[str]:
     m = d["meta"]
     rows = [[r["mode"], r["window"], r["fps"], r["ratio"], r["max_diff"]] for r in d["rows"]]
     return ([f"ResNet-18 cut at `{d['cut_name']}` with int8+zstd (~{d['request_bytes']} B per "
-             f"request), {m['frames']} frames, link {m['link']['rate_mbps']:g} Mbit/s and "
+             f"request), {m['frames']} real photo frames (the 224-px crops of splitinfer.tools.frames resized to 64x64), link {m['link']['rate_mbps']:g} Mbit/s and "
              f"{m['link']['rtt_ms']:g} ms RTT through the link emulator, real edge process.", ""]
             + _table(["mode", "window", "frames/s", "x sequential", "max |diff| vs infer"], rows)
             + _plot("client streaming", "client_stream"))

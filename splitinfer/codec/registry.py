@@ -45,12 +45,12 @@ from __future__ import annotations
 import operator
 import sys
 from dataclasses import dataclass, replace
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from splitinfer.core.errors import CodecError, LimitExceeded
-from splitinfer.core.spec import DTYPES
+from splitinfer.core.spec import DTYPES, dtype_name
 
 from . import _image, _quant, _zstd
 
@@ -217,6 +217,11 @@ class Codec:
         if self.base not in _image.BASES:
             return True
         return _image.fits(self.base, dtype, tuple(int(d) for d in shape))
+
+    def carries(self, tensors: Sequence[Any]) -> bool:
+        """Whether this codec can carry every one of ``tensors`` (numpy arrays or torch
+        tensors), by ``applies_to``."""
+        return all(self.applies_to(dtype_name(t), tuple(t.shape)) for t in tensors)
 
     def encode(self, tensor: Any, name: str = "tensor", *, dtype: str | None = None
                ) -> EncodedTensor:

@@ -25,7 +25,6 @@ from splitinfer.codec import IMAGE_CODECS, encoded_nbytes, get_codec
 from splitinfer.core import compare
 from splitinfer.core.errors import CodecError, SplitInferError
 from splitinfer.core.profiles import DeviceProfile
-from splitinfer.core.spec import dtype_name
 from splitinfer.model.tensors import decode_torch
 
 if TYPE_CHECKING:
@@ -212,7 +211,7 @@ def _transmit(codec_name: str, tensors: Sequence[torch.Tensor]
     """The tensors after encode + decode with ``codec_name``, and the bytes sent; None when
     the codec cannot carry one of them (``applies_to``)."""
     codec = get_codec(codec_name)
-    if not all(codec.applies_to(dtype_name(t), tuple(t.shape)) for t in tensors):
+    if not codec.carries(tensors):
         return None
     encoded = [codec.encode(t, name=f"t{i}") for i, t in enumerate(tensors)]
     return [decode_torch(e) for e in encoded], sum(encoded_nbytes(e) for e in encoded)

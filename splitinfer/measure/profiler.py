@@ -153,19 +153,12 @@ def _output_error(make_tail: Callable[[], Callable[..., Any]],
     return error_of
 
 
-def _fits(name: str, tensors: Sequence[torch.Tensor]) -> bool:
-    """Whether codec ``name`` can carry every one of ``tensors``."""
-    codec = get_codec(name)
-    return all(codec.applies_to(str(t.dtype).removeprefix("torch."), tuple(t.shape))
-               for t in tensors)
-
-
 def _cut_costs(sm: SplitModel, cut_id: int, inputs: Sequence[torch.Tensor],
                crossing: Sequence[torch.Tensor], codecs: Sequence[str], repeats: int,
                device: SlowDevice | None) -> tuple[CodecCost, ...]:
     """Every codec in ``codecs`` that fits ``crossing``, measured at ``cut_id`` as a request
     runs it (after idle and its head), with its output error."""
-    fitting = [name for name in codecs if _fits(name, crossing)]
+    fitting = [name for name in codecs if get_codec(name).carries(crossing)]
     if not fitting:
         return ()
     head = sm.head(cut_id)

@@ -32,7 +32,7 @@ from splitinfer.core.spec import DYNAMIC, TensorSpec
 from splitinfer.measure.fidelity import Sample
 
 from .factory import load_object
-from .frames import normalized
+from .frames import normalized, resize_crop
 
 if TYPE_CHECKING:
     from splitinfer.model.split_model import SplitModel
@@ -55,7 +55,7 @@ class _ImageFit:
 
     def __call__(self, frame: np.ndarray) -> torch.Tensor:
         """uint8 (H, W, C) -> the bundle's input, batch of 1."""
-        frame = _resize_crop(frame, self.size)
+        frame = resize_crop(frame, self.size)
         if self.nhwc:
             return torch.from_numpy(frame[None].copy())  # Pillow's arrays are read-only
         return torch.from_numpy(normalized(frame[None]))
@@ -74,24 +74,6 @@ def _image_fit(sm: SplitModel) -> _ImageFit | None:
     if spec.dtype in ("float32", "float16", "bfloat16", "float64") and spec.shape[1] == 3:
         return _ImageFit(spec, sm.example_inputs[0])
     return None
-
-
-def _resize_crop(frame: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
-    """Scale so the frame covers ``size`` (H, W), then cut the centre (torchvision's Resize +
-    CenterCrop for a square target)."""
-    from PIL import Image
-
-    h, w = frame.shape[:2]
-    th, tw = size
-    if (h, w) == (th, tw):
-        return frame
-    scale = max(th / h, tw / w)
-    nh, nw = max(th, round(h * scale)), max(tw, round(w * scale))
-    img = Image.fromarray(frame[..., 0] if frame.shape[2] == 1 else frame)
-    img = img.resize((nw, nh), Image.Resampling.BILINEAR)
-    top, left = (nh - th) // 2, (nw - tw) // 2
-    out = np.asarray(img.crop((left, top, left + tw, top + th)), dtype=np.uint8)
-    return out[..., None] if out.ndim == 2 else out
 
 
 def _read_image(path: Path, channels: int) -> np.ndarray:

@@ -135,10 +135,11 @@ WINDOW_DEVICE = (0.25, 0.5, 1.0, 2.0)
 def split_window(device: Any, edge: Any, rtt_s: float) -> list[dict[str, Any]]:
     """Where a split (a cut strictly between edge-only and device-only) is predicted to beat
     both baselines, at this RTT: per device speed (``WINDOW_DEVICE``: 0.5 = twice as fast as
-    the profiled device, its profile ``scaled``), the bandwidths of ``WINDOW_MBITS`` where it wins, the best margin
-    (best baseline / split) and that split; from the profiles the client planned with."""
+    the profiled device, its profile ``scaled``), the bandwidths of ``WINDOW_MBITS`` where it
+    wins, the best margin (best baseline / split) and that split; from the profiles the client
+    planned with."""
     from splitinfer.core.link import Link
-    from splitinfer.core.planner import choose
+    from splitinfer.core.planner import baseline_label, choose
 
     first, last = device.cuts[0].cut_id, device.cuts[-1].cut_id
     rows = []
@@ -148,18 +149,16 @@ def split_window(device: Any, edge: Any, rtt_s: float) -> list[dict[str, Any]]:
         best: dict[str, Any] | None = None
         for mbit in WINDOW_MBITS:
             plan = choose(dev, edge, Link(rtt_s, mbit * 1e6))
-            splits = [a for a in plan.alternatives if first < a.cut_id < last]
-            others = [a for a in plan.alternatives if a.cut_id in (first, last)]
-            if not splits or not others:
+            split = next((a for a in plan.alternatives if first < a.cut_id < last), None)
+            base = plan.best_baseline
+            if split is None or base is None:
                 continue
-            split, base = splits[0], min(others, key=lambda a: a.breakdown.total_s)
             margin = base.breakdown.total_s / split.breakdown.total_s
             if margin > 1:
                 wins.append(mbit)
                 if best is None or margin > float(best["margin"]):
                     best = {"margin": margin, "mbit": mbit, "cut_id": split.cut_id,
-                            "codec": split.codec, "baseline": "device-only"
-                            if base.codec is None else f"edge-only {base.codec}"}
+                            "codec": split.codec, "baseline": baseline_label(base)}
         rows.append({"device_factor": factor, "wins_mbit": wins, "best": best})
     return rows
 

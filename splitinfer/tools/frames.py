@@ -3,8 +3,8 @@
 The photos are the two that ship with scikit-learn (``sklearn.datasets.load_sample_images``:
 china.jpg and flower.jpg, 427x640 RGB), so nothing is downloaded. Each photo is cut into a 3x3
 grid of overlapping square crops of side ``CROP`` (224; rows and columns evenly spaced from edge
-to edge), 18 frames in all, resized with Pillow (bilinear, antialiased) when another ``size`` is
-asked for. Frames are uint8 HWC, as a camera or an image decoder gives them.
+to edge), 18 frames in all, resized with Pillow (bilinear, antialiased; ``resize_crop``) when
+another ``size`` is asked for. Frames are uint8 HWC, as a camera or an image decoder gives them.
 
 ``splitinfer fidelity BUNDLE --data splitinfer.tools.frames:sample_frames`` runs them; ``batch``
 stacks them into an NHWC batch, ``normalized`` turns them into the float NCHW tensor a
@@ -17,7 +17,8 @@ from functools import lru_cache
 
 import numpy as np
 
-__all__ = ["CROP", "GRID", "sample_frames", "batch", "normalized", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = ["CROP", "GRID", "sample_frames", "batch", "normalized", "resize_crop", "IMAGENET_MEAN",
+           "IMAGENET_STD"]
 
 #: side of a crop, in pixels of the original photo
 CROP = 224
@@ -37,11 +38,22 @@ def _photos() -> tuple[np.ndarray, ...]:
     return tuple(np.ascontiguousarray(img, dtype=np.uint8) for img in load_sample_images().images)
 
 
-def _resize(frame: np.ndarray, size: int) -> np.ndarray:
+def resize_crop(frame: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
+    """A uint8 (H, W, C) frame scaled (Pillow, bilinear) so it covers ``size`` (H, W), then its
+    centre cut out (torchvision's Resize + CenterCrop for a square target); C 1, 3 or 4."""
     from PIL import Image
 
-    img = Image.fromarray(frame).resize((size, size), Image.Resampling.BILINEAR)
-    return np.asarray(img, dtype=np.uint8)
+    h, w = frame.shape[:2]
+    th, tw = size
+    if (h, w) == (th, tw):
+        return frame
+    scale = max(th / h, tw / w)
+    nh, nw = max(th, round(h * scale)), max(tw, round(w * scale))
+    img = Image.fromarray(frame[..., 0] if frame.shape[2] == 1 else frame)
+    img = img.resize((nw, nh), Image.Resampling.BILINEAR)
+    top, left = (nh - th) // 2, (nw - tw) // 2
+    out = np.asarray(img.crop((left, top, left + tw, top + th)), dtype=np.uint8)
+    return out[..., None] if out.ndim == 2 else out
 
 
 @lru_cache(maxsize=8)
@@ -53,7 +65,7 @@ def _frames(size: int) -> tuple[np.ndarray, ...]:
         for top in np.linspace(0, h - side, GRID).astype(int):
             for left in np.linspace(0, w - side, GRID).astype(int):
                 crop = photo[top:top + side, left:left + side]
-                crop = crop if side == size else _resize(crop, size)
+                crop = resize_crop(crop, (size, size))
                 crop.setflags(write=False)
                 out.append(crop)
     return tuple(out)
