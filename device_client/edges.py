@@ -17,6 +17,7 @@ client-side health checking over every address a name resolves to). ``EdgeState`
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from typing import TYPE_CHECKING, Any, Protocol, Sequence, runtime_checkable
@@ -142,7 +143,8 @@ class _GrpcStream:
             await self._call.write(request)
         except grpc.aio.AioRpcError as exc:
             raise edge_error(exc) from None
-        except (RuntimeError, grpc.aio.UsageError) as exc:  # written after the call ended
+        except (RuntimeError, grpc.aio.UsageError, asyncio.InvalidStateError) as exc:
+            # written after the call ended (the replica drained, the connection aged out)
             raise ServingError(f"stream write failed ({exc})", code="UNAVAILABLE") from None
 
     async def read(self) -> inference_pb2.InferResponse | None:

@@ -4,10 +4,15 @@ Each sample is the network time of one Probe echo (``Edge.probe``: the round tri
 edge's own time), so what is fitted, ``seconds = rtt + bytes * 8 / bandwidth``
 (``splitinfer.core.link.fit_link``), is the network. The sizes come from a first rough estimate,
 so a 1 Mbit/s link is measured in about a second and a 1 Gbit/s one still sees real transfers.
+When even the largest probe's transfer time is lost in the round trips' noise (loopback, a busy
+machine), the fit has no slope to find: the link is then taken as "at least this fast"
+(:func:`bounded_link`), never refused; the client's live estimate refines it from real requests.
 """
 
 from __future__ import annotations
 
+import logging
+import statistics
 from typing import TYPE_CHECKING, Sequence
 
 from splitinfer.core.link import Link, fit_link
@@ -15,7 +20,9 @@ from splitinfer.core.link import Link, fit_link
 if TYPE_CHECKING:
     from .edges import Edge
 
-__all__ = ["measure_link", "sizes_for"]
+__all__ = ["measure_link", "sizes_for", "bounded_link"]
+
+log = logging.getLogger(__name__)
 
 
 def sizes_for(rough_bps: float, seconds: float = 0.15) -> list[int]:
@@ -40,4 +47,24 @@ async def measure_link(edge: Edge, rounds: int = 3, *, sizes: Sequence[int] | No
         large = await edge.probe(64 << 10, timeout)
         sizes = sizes_for((63 << 10) * 8 / max(large - small, 1e-4))
     samples = [(size, await edge.probe(size, timeout)) for _ in range(rounds) for size in sizes]
-    return fit_link(samples), samples
+    try:
+        return fit_link(samples), samples
+    except ValueError:
+        if len({size for size, _ in samples}) < 2:
+            raise  # one size: the caller's mistake, not noise
+        link = bounded_link(samples)
+        log.info("link probes: transfer time lost in the noise; taking %s as a lower bound",
+                 link)
+        return link, samples
+
+
+def bounded_link(samples: Sequence[tuple[int, float]]) -> Link:
+    """A link from probes whose sizes made no measurable difference: the RTT is the smallest
+    probes' median time, and the bandwidth a lower bound, the largest probe's extra bytes sent
+    within the noise (the spread of the smallest probes' times, at least 0.1 ms)."""
+    small_size, large_size = min(s for s, _ in samples), max(s for s, _ in samples)
+    small = [t for s, t in samples if s == small_size]
+    large = [t for s, t in samples if s == large_size]
+    rtt = statistics.median(small)
+    noise = max(statistics.median(large) - rtt, max(small) - min(small), 1e-4)
+    return Link(rtt_s=max(rtt, 0.0), bandwidth_bps=(large_size - small_size) * 8 / noise)

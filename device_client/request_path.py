@@ -16,6 +16,14 @@ re-checked; codes about the request itself (INVALID_ARGUMENT) would be the same 
 the request stops trying. When nothing answered, the edge's refusal is raised as our exception
 (``splitinfer.transport.error_for``), or ``EdgeUnavailable`` when the edges were down, hung or
 set aside.
+
+One address can stand for a fleet (``dns:///edge.ns.svc.cluster.local:50051``: gRPC's
+round_robin spreads calls over every replica the name resolves to), so an UNAVAILABLE answer
+says one replica could not take the request (and CANCELLED that one closed the connection the
+call was on), not that every one behind the address is gone:
+the request may try the same address again (:func:`retry_same`), after the other edges. A
+draining replica's refusal (``ShuttingDown``) never reached a model and is no fault of the edge:
+it does not count against the breaker.
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from splitinfer import transport
 from splitinfer.codec import get_codec
-from splitinfer.core.errors import EdgeUnavailable, ServingError, SplitInferError
+from splitinfer.core.errors import EdgeUnavailable, ServingError, ShuttingDown, SplitInferError
 from splitinfer.core.timing import StageTiming
 from splitinfer.wire import convert
 
@@ -43,7 +51,8 @@ if TYPE_CHECKING:
     from .session import Session
     from .stats import StatsRecorder
 
-__all__ = ["RequestPath", "Prepared", "Answer", "TRANSIENT", "REFUSES_US"]
+__all__ = ["RequestPath", "Prepared", "Answer", "TRANSIENT", "REFUSES_US", "SAME_EDGE_RETRIES",
+           "SAME_EDGE_CODES", "STREAM_BROKEN_CODES", "retry_same"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +62,27 @@ TRANSIENT = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED",
 #: the edge will not serve our model (or us): set it aside until it is re-checked
 REFUSES_US = frozenset({"FAILED_PRECONDITION", "NOT_FOUND", "UNAUTHENTICATED",
                         "PERMISSION_DENIED", "UNIMPLEMENTED"})
+#: how many more times one request may go to an address that answered UNAVAILABLE or
+#: CANCELLED: another replica behind it may take it (a rolling update's draining pod; a
+#: connection the server closed, by --max-connection-age-s or at the end of its drain, which
+#: cuts the calls still on it)
+SAME_EDGE_RETRIES = 2
+SAME_EDGE_CODES = frozenset({"UNAVAILABLE", "CANCELLED"})
+#: a stream call that broke (not one frame's error answer): gRPC also reports a connection
+#: closed under a live stream as INTERNAL ("Internal error from Core") or UNKNOWN
+STREAM_BROKEN_CODES = SAME_EDGE_CODES | {"INTERNAL", "UNKNOWN"}
+
+
+def retry_same(state: EdgeState, code: str, tried: set[EdgeState],
+               again: dict[EdgeState, int], codes: frozenset[str] = SAME_EDGE_CODES) -> bool:
+    """After ``state`` answered ``code``: put it back among the edges the request may still
+    try (``tried`` loses it) when the code is one of ``codes`` and the request has retries
+    left for it (``again`` counts them). True when it did."""
+    if code not in codes or again.get(state, 0) >= SAME_EDGE_RETRIES:
+        return False
+    again[state] = again.get(state, 0) + 1
+    tried.discard(state)
+    return True
 
 
 @dataclass
@@ -124,6 +154,8 @@ class RequestPath:
     async def send(self, p: Prepared, deadline: float) -> Answer:
         """``Infer`` on the edges (failover within the deadline), else the local fallback."""
         tried: set[EdgeState] = set()
+        again: dict[EdgeState, int] = {}
+        attempts = 0
         reserve = self.session.local_reserve_s(p.plan.cut_id)
         code, why = "NO_EDGE", "every edge is set aside (circuit breaker open or model refused)"
         while True:
@@ -135,8 +167,9 @@ class RequestPath:
             state = self.pool.pick(tried)
             if state is None:
                 break
-            if tried:
+            if attempts:
                 self.stats.add(retries=1)
+            attempts += 1
             tried.add(state)
             timeout = self.session.attempt_timeout_s(remaining, self.pool.any_usable_soon(tried))
             result = await self._attempt(state, p, timeout)
@@ -145,6 +178,7 @@ class RequestPath:
             code, why, final = result
             if final:
                 break
+            retry_same(state, code, tried, again)
         return await self.fall_back(p, why, code)
 
     async def _attempt(self, state: EdgeState, p: Prepared, timeout: float
@@ -204,6 +238,11 @@ class RequestPath:
     def judge(self, state: EdgeState, error: ServingError, rid: str) -> bool:
         """Count ``error`` on ``state``; True when no other edge would answer differently."""
         why = f"{error.code}: {error}"
+        if isinstance(error, ShuttingDown):  # one replica is leaving: no fault of the edge's
+            state.breaker.release_trial()
+            state.last_error = why
+            log.info("request %s: a replica behind %s is draining (%s)", rid, state.address, why)
+            return False
         if error.code in TRANSIENT:
             state.failed(why)
             log.info("request %s: %s failed (%s)", rid, state.address, why)

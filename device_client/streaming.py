@@ -20,10 +20,17 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, AsyncIterable, AsyncIterator, Iterable
 
-from splitinfer.core.errors import ServingError
+from splitinfer.core.errors import ServingError, ShuttingDown
 
 from .breaker import OPEN
-from .request_path import Answer, Prepared, as_serving_error
+from .request_path import (
+    SAME_EDGE_CODES,
+    STREAM_BROKEN_CODES,
+    Answer,
+    Prepared,
+    as_serving_error,
+    retry_same,
+)
 
 if TYPE_CHECKING:
     from splitinfer.wire.v1 import inference_pb2
@@ -46,6 +53,8 @@ class _Frame:
     future: asyncio.Future[Answer]
     prepared: Prepared | None = None
     tried: set[EdgeState] = field(default_factory=set)
+    again: dict[EdgeState, int] = field(default_factory=dict)  # retry_same's count
+    attempts: int = 0
     sent_at: float = 0.0
     alone: bool = False          # nothing else in flight when sent: its round trip is clean
     remote_deadline: float = 0.0
@@ -119,7 +128,8 @@ class _Lane:
         for t in self._tasks:
             if t is not asyncio.current_task():
                 t.cancel()
-        self.run.redo(frames, error.code, f"{self.state.address}: {error.code}: {error}")
+        self.run.redo(self.state, frames, error.code,
+                      f"{self.state.address}: {error.code}: {error}", broken=True)
 
     async def finish(self) -> None:
         """Normal end: no more writes; wait for the reader to see the end, briefly."""
@@ -186,8 +196,9 @@ class _StreamRun:
         if lane is None:
             await self.fall_back(frame, p, code, why)
             return
-        if frame.tried:
+        if frame.attempts:
             self.stats.add(retries=1)
+        frame.attempts += 1
         frame.tried.add(lane.state)
         frame.remote_deadline = time.monotonic() + remaining
         await lane.submit(frame, p)
@@ -211,16 +222,30 @@ class _StreamRun:
             raise RuntimeError(f"frame {frame.rid} was answered before it was prepared")
         answer = await self.path.read(lane.state, p, reply, time.monotonic() - frame.sent_at,
                                       clean=frame.alone)  # queued frames: not the network's
+        if isinstance(answer, ShuttingDown):
+            # this stream's replica is draining: every frame on it would be refused too; a new
+            # stream on the same address reaches another replica (round_robin)
+            lane.pending.appendleft(frame)
+            lane.fail(answer)
+            return
         if isinstance(answer, ServingError):
             final = self.path.judge(lane.state, answer, frame.rid)
-            self.redo([frame], answer.code,
+            self.redo(lane.state, [frame], answer.code,
                       f"{lane.state.address}: {answer.code}: {answer}", final=final)
             return
         self.resolve(frame, answer)
         self.path.maybe_shadow(p, answer.outputs)
 
-    def redo(self, frames: list[_Frame], code: str, why: str, final: bool = False) -> None:
-        """Frames a stream could not answer: elsewhere, in order (or fall back when final)."""
+    def redo(self, state: EdgeState, frames: list[_Frame], code: str, why: str,
+             final: bool = False, broken: bool = False) -> None:
+        """Frames ``state``'s stream could not answer: elsewhere (or on another replica behind
+        the same address: ``retry_same``), in order; fall back when final. ``broken``: the
+        stream call itself failed, not one frame's answer."""
+        if not final:
+            codes = STREAM_BROKEN_CODES if broken else SAME_EDGE_CODES
+            for frame in frames:
+                retry_same(state, code, frame.tried, frame.again, codes)
+
         async def again() -> None:
             for frame in frames:
                 if frame.prepared is None:

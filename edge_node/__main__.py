@@ -38,7 +38,8 @@ async def serve(config: EdgeConfig) -> int:
         loop.add_signal_handler(sig, stop.set)
     # one parseable line for scripts and tests that started us with --listen HOST:0
     print(f"splitinfer-edge: listening on port {node.port}"
-          + (f", metrics on port {node.metrics_port}" if node.metrics_port else ""), flush=True)
+          + (f", metrics on port {node.metrics_port}" if node.metrics_port else "")
+          + (f", health on port {node.health_port}" if node.health_port else ""), flush=True)
     await stop.wait()
     log.info("signal received: draining for up to %.1fs", config.grace_period_s)
     await node.stop()

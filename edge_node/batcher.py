@@ -76,8 +76,8 @@ class Batcher:
         future: Future[BatchResult] = Future()
         with self._cv:
             if self._closed:
-                raise ShuttingDown("the edge node is shutting down and takes no new requests; "
-                                   "retry on another node")
+                raise ShuttingDown(f"{ShuttingDown.PREFIX} and takes no new requests; retry on "
+                                   "another node")
             if self._queued >= self.max_queue:
                 raise Overloaded(f"queue full: {self._queued} requests waiting (--max-queue "
                                  f"{self.max_queue}); retry later or add edge capacity")

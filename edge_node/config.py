@@ -37,6 +37,11 @@ class EdgeConfig:
     profile_repeats: int = 3
     rescan_interval_s: float = 0.0
     grace_period_s: float = 10.0
+    health_port: int = 0
+    max_connection_age_s: float = 0.0
+    max_connection_age_grace_s: float = 30.0
+    keepalive_time_s: float = 60.0
+    keepalive_timeout_s: float = 20.0
     output_codec: str = "fp32"
     token_file: str | None = None
     tls_cert: str | None = None
@@ -56,13 +61,19 @@ class EdgeConfig:
                 problems.append(f"--{name.replace('_', '-')} must be >= 1, got "
                                 f"{getattr(self, name)}")
         for name in ("max_queue_delay_ms", "grace_period_s", "rescan_interval_s",
-                     "torch_threads", "max_probe_bytes"):
+                     "torch_threads", "max_probe_bytes", "max_connection_age_s",
+                     "max_connection_age_grace_s"):
             if getattr(self, name) < 0:
                 problems.append(f"--{name.replace('_', '-')} must be >= 0, got "
                                 f"{getattr(self, name)}")
-        if not 0 <= self.metrics_port <= 65535:
-            problems.append(f"--metrics-port must be 0..65535 (0 = off), got "
-                            f"{self.metrics_port}")
+        for name in ("metrics_port", "health_port"):
+            if not 0 <= getattr(self, name) <= 65535:
+                problems.append(f"--{name.replace('_', '-')} must be 0..65535 (0 = off), got "
+                                f"{getattr(self, name)}")
+        for name in ("keepalive_time_s", "keepalive_timeout_s"):
+            if not getattr(self, name) > 0:
+                problems.append(f"--{name.replace('_', '-')} must be > 0, got "
+                                f"{getattr(self, name)}")
         if bool(self.tls_cert) != bool(self.tls_key):
             problems.append("--tls-cert and --tls-key go together: give both or neither")
         if self.tls_client_ca and not self.tls_cert:
@@ -105,6 +116,14 @@ _FLAGS: list[tuple[str, Callable[[str], Any], str]] = [
     ("--profile-repeats", int, "runs per cut when profiling (median is reported)"),
     ("--rescan-interval-s", float, "look for new bundles this often (0 = only at start)"),
     ("--grace-period-s", float, "on SIGTERM, let in-flight requests finish this long"),
+    ("--health-port", int, "a second, plaintext port serving only grpc.health.v1, for probes "
+                           "that cannot speak TLS (Kubernetes' gRPC probes; 0 = off)"),
+    ("--max-connection-age-s", float, "send GOAWAY to connections older than this, so clients "
+                                      "re-resolve and reach new replicas (0 = never)"),
+    ("--max-connection-age-grace-s", float, "after that GOAWAY, let the connection's calls "
+                                            "finish this long"),
+    ("--keepalive-time-s", float, "ping a connection idle this long (finds dead clients)"),
+    ("--keepalive-timeout-s", float, "drop a connection whose ping is not acked this soon"),
     ("--output-codec", str, "codec for answers when the request names none"),
     ("--token-file", str, "file holding the bearer token every RPC but health must carry"),
     ("--tls-cert", str, "server certificate (PEM); enables TLS"),

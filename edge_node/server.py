@@ -108,6 +108,8 @@ class EdgeNode:
         self.server: grpc.aio.Server | None = None
         self.port = 0
         self.metrics_port = 0
+        self.health_port = 0
+        self._health_server: grpc.aio.Server | None = None
         self._metrics_http: Any = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
@@ -146,8 +148,10 @@ class EdgeNode:
             models = await loop.run_in_executor(None, self.repo.load_all)
         except SplitInferError as exc:
             raise StartupError(f"cannot load the model repository: {exc}") from exc
-        server = grpc.aio.server(interceptors=self._interceptors(),
-                                 options=transport.server_options(cfg.max_message_bytes))
+        server = grpc.aio.server(interceptors=self._interceptors(), options=transport.server_options(
+            cfg.max_message_bytes, max_connection_age_s=cfg.max_connection_age_s,
+            max_connection_age_grace_s=cfg.max_connection_age_grace_s,
+            keepalive_time_s=cfg.keepalive_time_s, keepalive_timeout_s=cfg.keepalive_timeout_s))
         self.servicer = EdgeServicer(self.repo, self.batcher, cfg, self.metrics)
         service_pb2_grpc.add_EdgeInferenceServicer_to_server(self.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
@@ -163,6 +167,8 @@ class EdgeNode:
             raise StartupError(f"cannot listen on {cfg.listen}: {exc}") from exc
         await server.start()
         self.server = server
+        if cfg.health_port:
+            await self._start_health_server(cfg.listen.rpartition(":")[0], cfg.health_port)
         if cfg.metrics_port:
             try:
                 self._metrics_http, self.metrics_port = self.metrics.serve(cfg.metrics_port)
@@ -179,6 +185,18 @@ class EdgeNode:
         log.info("edge node listening on port %d (%s), %d model version(s)", self.port,
                  "TLS" if creds else "plaintext", len(models))
         return self.port
+
+    async def _start_health_server(self, host: str, port: int) -> None:
+        """The probes' port: plaintext, no token, grpc.health.v1 only, the same statuses."""
+        server = grpc.aio.server(options=transport.server_options())
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        try:
+            self.health_port = server.add_insecure_port(f"{host}:{port}")
+        except RuntimeError as exc:
+            raise StartupError(f"cannot listen on --health-port {port} ({host}): {exc}; free "
+                               f"the port or pick another") from exc
+        await server.start()
+        self._health_server = server
 
     async def _admit(self, model: LoadedModel) -> None:
         """Start serving a loaded model: metrics, profiling, per-model health."""
@@ -238,6 +256,8 @@ class EdgeNode:
         if self.server is not None:
             await self.server.stop(grace)
         await asyncio.get_running_loop().run_in_executor(None, self.batcher.close)
+        if self._health_server is not None:  # the last to go: probes see NOT_SERVING till then
+            await self._health_server.stop(0)
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
         log.info("edge node stopped")

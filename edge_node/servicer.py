@@ -70,8 +70,8 @@ class EdgeServicer(service_pb2_grpc.EdgeInferenceServicer):
                      context: _InferContext) -> inference_pb2.InferResponse:
         t0 = time.perf_counter()
         if self.draining:
-            raise ShuttingDown("the edge node is shutting down and takes no new requests; "
-                               "retry on another node")
+            raise ShuttingDown(f"{ShuttingDown.PREFIX} and takes no new requests; retry on "
+                               "another node")
         call = convert.parse_infer_request(request)
         request_id = call.request_id or uuid.uuid4().hex
         try:

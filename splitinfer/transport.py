@@ -35,6 +35,7 @@ from splitinfer.core.errors import (
     Overloaded,
     PartitionError,
     ServingError,
+    ShuttingDown,
     Unauthenticated,
     WireError,
 )
@@ -53,6 +54,23 @@ _BALANCED_SERVICE_CONFIG = json.dumps({
     "loadBalancingConfig": [{"round_robin": {}}],
     "healthCheckConfig": {"serviceName": ""},
 })
+
+
+#: a client channel's side of a fleet behind one name: keepalive pings find a dead connection
+#: while calls are on it (every 30 s, within the server's MIN_CLIENT_PING_INTERVAL_S; never on
+#: an idle connection, which would keep a phone's radio awake); the name is re-resolved at
+#: most once a second (gRPC's default is 30 s: a rolling update that replaces every pod within
+#: 30 s would leave a client with only dead addresses); a lost replica is retried every 1-10 s
+#: rather than gRPC's backoff growing to 120 s
+_FLEET_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 0),
+    ("grpc.dns_min_time_between_resolutions_ms", 1_000),
+    ("grpc.initial_reconnect_backoff_ms", 1_000),
+    ("grpc.min_reconnect_backoff_ms", 1_000),
+    ("grpc.max_reconnect_backoff_ms", 10_000),
+)
 
 
 @dataclass(frozen=True)
@@ -123,7 +141,8 @@ def _options(tls: TLS | None, max_message_bytes: int, balanced: bool) -> list[tu
     options: list[tuple[str, Any]] = [
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.enable_retries", 0)]  # retries are the client's call (deadline aware)
+        ("grpc.enable_retries", 0),  # retries are the client's call (deadline aware)
+        *_FLEET_OPTIONS]
     if balanced:
         options.append(("grpc.service_config", _BALANCED_SERVICE_CONFIG))
     if tls is not None and tls.server_name:
@@ -175,10 +194,40 @@ def server_credentials(cert: bytes, key: bytes, client_ca: bytes | None = None
                                        require_client_auth=client_ca is not None)
 
 
-def server_options(max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[str, Any]]:
-    """Channel arguments of the edge node's gRPC server."""
-    return [("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes)]
+#: the fewest seconds between a client's keepalive pings the server accepts (even without
+#: calls); a client pinging more often is sent GOAWAY (too_many_pings) by gRPC
+MIN_CLIENT_PING_INTERVAL_S = 10.0
+
+
+def server_options(max_message_bytes: int = MAX_MESSAGE_BYTES, *,
+                   max_connection_age_s: float = 0.0, max_connection_age_grace_s: float = 30.0,
+                   keepalive_time_s: float = 60.0, keepalive_timeout_s: float = 20.0
+                   ) -> list[tuple[str, Any]]:
+    """Channel arguments of the edge node's gRPC server.
+
+    ``max_connection_age_s`` > 0: a connection older than that (gRPC adds +-10 % jitter) is
+    sent GOAWAY; its calls get ``max_connection_age_grace_s`` to finish. Clients then reconnect
+    and re-resolve their target, so devices connected before a scale-up reach new replicas.
+    ``keepalive_time_s``: the server pings a connection idle that long and drops it when the
+    ping is not acked within ``keepalive_timeout_s`` (a phone that lost coverage). Clients may
+    ping every :data:`MIN_CLIENT_PING_INTERVAL_S` seconds, with or without calls.
+    """
+    options: list[tuple[str, Any]] = [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.keepalive_time_ms", _ms(keepalive_time_s)),
+        ("grpc.keepalive_timeout_ms", _ms(keepalive_timeout_s)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", _ms(MIN_CLIENT_PING_INTERVAL_S)),
+        ("grpc.http2.max_pings_without_data", 0)]  # 0: any number of pings between data
+    if max_connection_age_s > 0:
+        options += [("grpc.max_connection_age_ms", _ms(max_connection_age_s)),
+                    ("grpc.max_connection_age_grace_ms", _ms(max_connection_age_grace_s))]
+    return options
+
+
+def _ms(seconds: float) -> int:
+    return max(int(round(seconds * 1000)), 1)
 
 
 # ---- the status table, both ways ----------------------------------------------------------------
@@ -206,6 +255,8 @@ def error_for(code: grpc.StatusCode | str, message: str) -> ServingError:
     """The client's reading of an edge's status: our exception for ``code`` (its ``code``
     attribute is the status name either way)."""
     name = code.name if isinstance(code, grpc.StatusCode) else str(code)
+    if name == ShuttingDown.code and message.startswith(ShuttingDown.PREFIX):
+        return ShuttingDown(message, code=name)  # a draining replica, not a lost connection
     wanted = _ALIASES.get(name, name)
     cls = next((c for c in _CLIENT_CLASSES if c.code == wanted), ServingError)
     return cls(message, code=name)

@@ -121,9 +121,12 @@ class DeadlinePassed(ServingError):
 
 
 class ShuttingDown(ServingError):
-    """The node is draining and takes no new work."""
+    """The node is draining and takes no new work. Its message starts with :attr:`PREFIX`,
+    which is how a client tells it from a lost connection (both are UNAVAILABLE): a request
+    refused so never reached a model, and another replica behind the same name may take it."""
 
     code = "UNAVAILABLE"
+    PREFIX = "the edge node is shutting down"
 
 
 class PlanningError(SplitInferError):

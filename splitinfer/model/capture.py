@@ -13,6 +13,7 @@ import io
 import keyword
 import logging
 import re
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -145,15 +146,22 @@ def serialize_program(program: ExportedProgram) -> bytes:
     return buf.getvalue()
 
 
+#: torch.export.load keeps process-wide state while it runs (two threads at once fail with
+#: "_CURRENT_DESERIALIZER is already set"): programs load one at a time
+_LOAD_LOCK = threading.Lock()
+
+
 def deserialize_program(data: bytes) -> ExportedProgram:
+    """An exported program from its bytes; safe to call from several threads at once."""
     # torch warns once per unused batch symbol on every load; that is noise for our users
     serde_log = logging.getLogger("torch._export.serde.serialize")
-    level = serde_log.level
-    serde_log.setLevel(logging.ERROR)
-    try:
-        return torch.export.load(io.BytesIO(data))
-    finally:
-        serde_log.setLevel(level)
+    with _LOAD_LOCK:
+        level = serde_log.level
+        serde_log.setLevel(logging.ERROR)
+        try:
+            return torch.export.load(io.BytesIO(data))
+        finally:
+            serde_log.setLevel(level)
 
 
 def _user_frame(exc: BaseException) -> str:

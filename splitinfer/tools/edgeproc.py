@@ -54,8 +54,8 @@ READY_LINE = "splitinfer-edge: listening on port "
 START_TIMEOUT_S = 180.0
 SERVING = health_pb2.HealthCheckResponse.SERVING
 STREAMS = ("stdout", "stderr")
-_PORTS = re.compile(r"^splitinfer-edge: listening on port (\d+)(?:, metrics on port (\d+))?$",
-                    re.M)
+_PORTS = re.compile(r"^splitinfer-edge: listening on port (\d+)(?:, metrics on port (\d+))?"
+                    r"(?:, health on port (\d+))?$", re.M)
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
@@ -155,6 +155,8 @@ class EdgeProcess:
     metrics_port: int = 0
     kill_after_s: float = 30.0
     keep_workdir: bool = True
+    host: str = "127.0.0.1"
+    health_port: int = 0
     _texts: dict[str, str] = field(default_factory=dict, init=False, repr=False)
 
     @property
@@ -163,7 +165,7 @@ class EdgeProcess:
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     @property
     def log_dir(self) -> Path:
@@ -271,25 +273,27 @@ class EdgeProcess:
         if match is None:
             return False
         self.port, self.metrics_port = int(match[1]), int(match[2] or 0)
+        self.health_port = int(match[3] or 0)
         return True
 
 
 def launch(repo: str | Path, *flags: str, workdir: str | Path | None = None,
            metrics_port: int | None = None, timeout: float = START_TIMEOUT_S,
-           kill_after_s: float = 30.0) -> EdgeProcess:
+           kill_after_s: float = 30.0, host: str = "127.0.0.1", port: int = 0) -> EdgeProcess:
     """Start one node serving ``repo``; return once it printed its ports or exited.
 
     Does not wait for SERVING and does not raise when the node exits: check ``running``,
     ``returncode`` and ``text("stderr")``. ``metrics_port``: None picks a free one, 0 turns
-    metrics off. Raises EdgeStartError (and ends the node) when it neither printed its ports
-    nor exited within ``timeout`` seconds.
+    metrics off. ``host``, ``port``: where it listens (a local fleet gives each node its own
+    loopback address, 127.0.0.2 ..., and the same port). Raises EdgeStartError (and ends the
+    node) when it neither printed its ports nor exited within ``timeout`` seconds.
     """
     own = workdir is None
     work = Path(tempfile.mkdtemp(prefix="splitinfer-edge-")) if workdir is None else Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
-    port = free_port() if metrics_port is None else metrics_port
-    cmd = [*edge_command(), "--model-repository", str(repo), "--listen", "127.0.0.1:0",
-           "--metrics-port", str(port), *flags]
+    metrics = free_port() if metrics_port is None else metrics_port
+    cmd = [*edge_command(), "--model-repository", str(repo), "--listen", f"{host}:{port}",
+           "--metrics-port", str(metrics), *flags]
     try:
         with (work / "stdout.txt").open("wb") as out, (work / "stderr.txt").open("wb") as err:
             proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=edge_env())
@@ -297,7 +301,7 @@ def launch(repo: str | Path, *flags: str, workdir: str | Path | None = None,
         if own:
             shutil.rmtree(work, ignore_errors=True)
         raise
-    node = EdgeProcess(proc, work, kill_after_s=kill_after_s, keep_workdir=not own)
+    node = EdgeProcess(proc, work, kill_after_s=kill_after_s, keep_workdir=not own, host=host)
     try:
         node.wait_ports(timeout)
     except BaseException:
@@ -308,19 +312,20 @@ def launch(repo: str | Path, *flags: str, workdir: str | Path | None = None,
 
 def start_edge(repo: str | Path, *flags: str, workdir: str | Path | None = None,
                metrics_port: int | None = None, timeout: float = START_TIMEOUT_S,
-               kill_after_s: float = 30.0, attempts: int = 3) -> EdgeProcess:
+               kill_after_s: float = 30.0, attempts: int = 3, host: str = "127.0.0.1",
+               port: int = 0) -> EdgeProcess:
     """Start a node serving ``repo`` on a free loopback port and wait until it is SERVING.
 
-    ``flags`` go to the node as given (``"--torch-threads", "2"``); ``metrics_port``: None
-    picks a free one (retried up to ``attempts`` times if taken meanwhile), 0 turns metrics
-    off. ``timeout`` bounds each wait (the ports line, then SERVING). Raises EdgeStartError
+    ``flags`` go to the node as given (``"--torch-threads", "2"``); ``host``, ``port`` as in
+    :func:`launch`; ``metrics_port``: None picks a free one (retried up to ``attempts`` times
+    if taken meanwhile), 0 turns metrics off. ``timeout`` bounds each wait (the ports line, then SERVING). Raises EdgeStartError
     with the node's stderr when it exits or is not ready in time; no process is left behind.
     """
     if attempts < 1:
         raise ValueError(f"attempts must be >= 1, got {attempts}")
     for attempt in range(attempts):
         node = launch(repo, *flags, workdir=workdir, metrics_port=metrics_port, timeout=timeout,
-                      kill_after_s=kill_after_s)
+                      kill_after_s=kill_after_s, host=host, port=port)
         if node.running or not _metrics_port_lost(node, metrics_port):
             break
         log.warning("edge node start %d of %d: the metrics port was taken meanwhile; trying "

@@ -6,6 +6,9 @@ for 127.0.0.1/localhost, a client certificate from that CA, and one from a rogue
 
 from __future__ import annotations
 
+import asyncio
+import socket
+
 import grpc
 import pytest
 import torch
@@ -136,3 +139,55 @@ def test_mutual_tls_needs_a_client_certificate_from_the_ca(nodes, bundles, tmp_p
     health = health_pb2_grpc.HealthStub(node.channel)
     status = health.Check(health_pb2.HealthCheckRequest(), timeout=10).status
     assert status == SERVING
+
+
+def test_the_health_port_is_plaintext_health_only(nodes, loop, bundles, tmp_path, tls_files):
+    # TLS and a token on the main port; --health-port answers grpc.health.v1 in plaintext,
+    # without a token (Kubernetes' gRPC probes can do neither), and nothing else
+    from splitinfer.tools.edgeproc import free_port
+
+    token = tmp_path / "token"
+    token.write_text(TOKEN)
+    port = free_port()
+    config = edge_config(bundles.repo(tmp_path / "repo", ("chain", "1")),
+                         tls_cert=str(tls_files.server_cert), tls_key=str(tls_files.server_key),
+                         token_file=str(token), health_port=port)
+    node = nodes(config, credentials=grpc.ssl_channel_credentials(
+        root_certificates=tls_files.ca.read_bytes()))
+    assert node.node.health_port == port
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "chain"):
+            reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+            assert reply.status == SERVING, service
+        err = rpc_error(lambda: service_pb2_grpc.EdgeInferenceStub(channel).Probe(
+            probe_pb2.ProbeRequest(probe_id="p"), timeout=5))
+        assert err.code() == grpc.StatusCode.UNIMPLEMENTED  # health only: no inference here
+        # a drain shows on the health port too, before it closes
+        watch = health.Watch(health_pb2.HealthCheckRequest(), timeout=60)
+        assert next(watch).status == SERVING
+        stopping = loop.submit(node.node.stop(5.0))
+        node.stopped = True
+        assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        watch.cancel()
+        stopping.result(30)
+
+
+def test_a_busy_health_port_fails_the_start_naming_it(nodes, bundles, tmp_path):
+    from edge_node.server import EdgeNode, StartupError
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = edge_config(bundles.repo(tmp_path / "repo", ("chain", "1")), health_port=port)
+        node = EdgeNode(config)
+
+        async def start() -> None:
+            try:
+                await node.start()
+            finally:
+                await node.stop(0)
+
+        with pytest.raises(StartupError, match=f"--health-port {port}"):
+            asyncio.run(start())

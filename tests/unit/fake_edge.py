@@ -4,7 +4,8 @@ It runs tails with a local ``SplitModel`` (so its answers are the model's), repo
 its own through ``probe`` (so tests move "the network" by assignment), and misbehaves on cue:
 ``errors`` is a queue of status codes the next ``infer`` calls raise, ``always`` a code every
 call raises, ``hang`` makes calls wait out their timeout, ``info_error`` refuses GetModelInfo,
-``garbled`` answers with payloads that do not decode.
+``garbled`` answers with payloads that do not decode. The code ``"DRAINING"`` stands for a
+draining replica's refusal (UNAVAILABLE with ``ShuttingDown.PREFIX``, as the edge node sends it).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections import Counter, deque
 from typing import Any
 
 from splitinfer.codec import get_codec, list_codecs
-from splitinfer.core.errors import ServingError
+from splitinfer.core.errors import ServingError, ShuttingDown
 from splitinfer.core.link import Link
 from splitinfer.core.timing import StageTiming
 from splitinfer.model.split_model import SplitModel
@@ -89,7 +90,7 @@ class FakeEdge:
             raise ServingError("fake: no answer before the deadline", code="DEADLINE_EXCEEDED")
         code = self.errors.popleft() if self.errors else self.always
         if code:
-            raise error_for(code, f"fake {code}")
+            raise error_for(*_status(code))
 
     def answer(self, request: inference_pb2.InferRequest) -> inference_pb2.InferResponse:
         """What a real edge answers: the tail of the request's cut, fp32."""
@@ -108,6 +109,13 @@ class FakeEdge:
         return convert.build_infer_response(
             request_id=call.request_id, outputs=encoded, version=self.version,
             timing=StageTiming(compute_s=self.tail_s.get(call.cut_id, 0.0)))
+
+
+def _status(code: str) -> tuple[str, str]:
+    """The status name and message a fake error ``code`` is answered with."""
+    if code == "DRAINING":
+        return "UNAVAILABLE", f"{ShuttingDown.PREFIX} (fake); retry on another node"
+    return code, f"fake {code}"
 
 
 class FakeStream:
@@ -129,9 +137,10 @@ class FakeStream:
         self.answered += 1
         code = self.edge.errors.popleft() if self.edge.errors else self.edge.always
         if code:  # one bad item: an error answer, the stream goes on
+            name, message = _status(code)
             await self.replies.put(convert.build_error_response(
-                request_id=request.request_id, code=status_code(code).value[0],
-                message=f"fake {code}"))
+                request_id=request.request_id, code=status_code(name).value[0],
+                message=message))
             return
         await self.replies.put(self.edge.answer(request))
 

@@ -57,6 +57,17 @@ def test_round_trip_rebuilds_the_same_split_model(skipnet_bundle):
         assert torch.equal(loaded.tail(cut.id)(*loaded.head(cut.id)(x)), ref), cut.name
 
 
+def test_bundles_load_from_several_threads_at_once(skipnet_bundle):
+    # torch.export.load keeps process-wide state while it runs: unguarded, two threads loading
+    # at once failed with "_CURRENT_DESERIALIZER is already set" (clients made in parallel)
+    from concurrent.futures import ThreadPoolExecutor
+
+    _, sm, path = skipnet_bundle
+    with ThreadPoolExecutor(6) as pool:
+        loaded = list(pool.map(lambda _: load_bundle(path), range(12)))
+    assert all(b.fingerprint == sm.fingerprint for b in loaded)
+
+
 def test_round_trip_with_several_inputs_and_outputs(tmp_path):
     torch.manual_seed(0)
     model = TwoInTwoOut().eval()

@@ -20,6 +20,7 @@ import torch
 from fake_edge import FakeEdge
 
 from device_client import AsyncSplitClient, BreakerPolicy, Edge
+from device_client.request_path import SAME_EDGE_RETRIES
 from splitinfer.core.errors import (
     CodecError,
     EdgeUnavailable,
@@ -109,6 +110,51 @@ def test_a_transient_error_fails_over_to_the_next_edge(chain):
     assert r.answered_by == "edge b"
     assert stats.retries == 1 and stats.answered_by_edge == 1 and stats.errors == 0
     assert stats.edges[0].failures == 1 and "UNAVAILABLE" in stats.edges[0].last_error
+
+
+def test_a_draining_replica_is_retried_on_the_same_address(chain):
+    # one address, a fleet behind it: a draining replica's refusal goes back to the same
+    # address (round_robin picks another replica) and is no fault of the edge
+    a = FakeEdge("a", chain[1])
+    a.errors.extend(["DRAINING", "DRAINING"])
+
+    async def body(client: AsyncSplitClient) -> Any:
+        return await client.infer_result(torch.randn(1, 16)), client.stats
+
+    r, stats = with_client(chain, [a], body, fallback="error")
+    assert r.answered_by == "edge a" and a.calls["infer"] == 3
+    assert stats.retries == 2 and stats.errors == 0 and stats.local_fallbacks == 0
+    assert stats.edges[0].failures == 0 and stats.edges[0].breaker == "closed"
+    assert "shutting down" in stats.edges[0].last_error
+
+
+def test_unavailable_goes_to_the_other_edges_first_then_the_same_one_twice(chain):
+    a, b = FakeEdge("a", chain[1]), FakeEdge("b", chain[1])
+
+    async def body(client: AsyncSplitClient) -> Any:
+        a.always = b.always = "UNAVAILABLE"
+        return await client.infer_result(torch.randn(1, 16)), client.stats
+
+    r, stats = with_client(chain, [a, b], body, breaker=BreakerPolicy(failures=100))
+    assert r.answered_by == "local fallback"  # after 1 + SAME_EDGE_RETRIES tries each
+    assert a.calls["infer"] == b.calls["infer"] == 1 + SAME_EDGE_RETRIES
+    assert stats.retries == 2 * (1 + SAME_EDGE_RETRIES) - 1
+    assert stats.edges[0].failures == stats.edges[1].failures == 1 + SAME_EDGE_RETRIES
+
+
+def test_a_stream_on_a_draining_replica_moves_to_another_on_the_same_address(chain):
+    a = FakeEdge("a", chain[1])
+    a.errors.extend([""] * 3 + ["DRAINING"])  # the fourth frame meets a draining replica
+    xs = [torch.randn(1, 16) for _ in range(8)]
+
+    async def body(client: AsyncSplitClient) -> Any:
+        return [out async for out in client.stream(xs)], client.stats
+
+    outs, stats = with_client(chain, [a], body, fallback="error", window=1)
+    assert all(torch.allclose(o, chain[1](x)) for o, x in zip(outs, xs)) and len(outs) == 8
+    assert a.calls["infer_stream"] == 2  # a new stream after the refusal
+    assert stats.answered_by_edge == 8 and stats.errors == 0 and stats.retries == 1
+    assert stats.edges[0].failures == 0
 
 
 def test_the_breaker_opens_and_requests_skip_the_failing_edge(chain):

@@ -142,3 +142,38 @@ def test_profile_cut_ids_spreads_and_keeps_the_ends():
     ids = profile_cut_ids(200, None, 24)
     assert ids[0] == 0 and ids[-1] == 199 and len(ids) <= 24
     assert profile_cut_ids(200, 57, 24) == [0, 57, 199]
+
+
+def test_a_draining_refusal_reads_back_as_shutting_down_and_a_lost_connection_does_not():
+    from splitinfer.core.errors import ShuttingDown
+    from splitinfer.transport import error_for
+
+    refused = error_for("UNAVAILABLE", f"{ShuttingDown.PREFIX} and takes no new requests")
+    lost = error_for("UNAVAILABLE", "failed to connect to all addresses")
+    assert isinstance(refused, ShuttingDown) and refused.code == "UNAVAILABLE"
+    assert not isinstance(lost, ShuttingDown) and lost.code == "UNAVAILABLE"
+    # the prefix on another code is not a drain
+    assert not isinstance(error_for("INTERNAL", ShuttingDown.PREFIX), ShuttingDown)
+
+
+def test_link_probes_lost_in_noise_give_a_lower_bound_not_an_error():
+    import asyncio
+
+    from device_client.link_probe import measure_link
+
+    class FlatEdge:  # loopback on a busy machine: the size makes no difference to the time
+        address = "flat"
+
+        def __init__(self) -> None:
+            self.times = iter([0.0020, 0.0021, 0.0019, 0.0024, 0.0018, 0.0022] * 10)
+
+        async def probe(self, size: int, timeout: float) -> float:
+            return next(self.times) + (1e-5 if size == 1024 else 0.0)  # larger is "faster"
+
+    link, samples = asyncio.run(measure_link(FlatEdge()))  # type: ignore[arg-type]
+    sizes = sorted({s for s, _ in samples})
+    assert 0.0018 <= link.rtt_s <= 0.0024
+    # at least the largest probe's extra bytes within the noise (<= 0.6 ms here)
+    assert link.bandwidth_bps >= (sizes[-1] - sizes[0]) * 8 / 0.0006
+    with pytest.raises(ValueError, match="same size"):  # one size is still the caller's error
+        asyncio.run(measure_link(FlatEdge(), sizes=[4096]))  # type: ignore[arg-type]
