@@ -56,12 +56,15 @@ _BALANCED_SERVICE_CONFIG = json.dumps({
 })
 
 
-#: a client channel's side of a fleet behind one name: keepalive pings find a dead connection
-#: while calls are on it (every 30 s, within the server's MIN_CLIENT_PING_INTERVAL_S; never on
-#: an idle connection, which would keep a phone's radio awake); the name is re-resolved at
-#: most once a second (gRPC's default is 30 s: a rolling update that replaces every pod within
-#: 30 s would leave a client with only dead addresses); a lost replica is retried every 1-10 s
-#: rather than gRPC's backoff growing to 120 s
+#: a client channel's side of a fleet behind one name:
+#: - keepalive pings find a dead connection while calls are on it (every 30 s, within the
+#:   server's MIN_CLIENT_PING_INTERVAL_S). With client-side health checking, each replica's
+#:   health watch is such a call, so in practice a ping every 30 s per replica: the price, on a
+#:   phone's radio, of giving up a replica lost with its node in about 40 s rather than after
+#:   TCP's many minutes. A connection without calls is not pinged.
+#: - the name is re-resolved at most once a second (gRPC's default is 30 s: a rolling update
+#:   that replaces every pod within 30 s would leave a client with only dead addresses);
+#: - a lost replica is retried every 1-10 s rather than gRPC's backoff growing to 120 s.
 _FLEET_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),

@@ -314,12 +314,14 @@ def start_edge(repo: str | Path, *flags: str, workdir: str | Path | None = None,
                metrics_port: int | None = None, timeout: float = START_TIMEOUT_S,
                kill_after_s: float = 30.0, attempts: int = 3, host: str = "127.0.0.1",
                port: int = 0) -> EdgeProcess:
-    """Start a node serving ``repo`` on a free loopback port and wait until it is SERVING.
+    """Start a node serving ``repo`` (a free loopback port by default) and wait until it is
+    SERVING.
 
     ``flags`` go to the node as given (``"--torch-threads", "2"``); ``host``, ``port`` as in
     :func:`launch`; ``metrics_port``: None picks a free one (retried up to ``attempts`` times
-    if taken meanwhile), 0 turns metrics off. ``timeout`` bounds each wait (the ports line, then SERVING). Raises EdgeStartError
-    with the node's stderr when it exits or is not ready in time; no process is left behind.
+    if taken meanwhile), 0 turns metrics off. ``timeout`` bounds each wait (the ports line,
+    then SERVING). Raises EdgeStartError with the node's stderr when it exits or is not ready
+    in time; no process is left behind.
     """
     if attempts < 1:
         raise ValueError(f"attempts must be >= 1, got {attempts}")
