@@ -6,21 +6,20 @@ edge's own time), so what is fitted, ``seconds = rtt + bytes * 8 / bandwidth``
 so a 1 Mbit/s link is measured in about a second and a 1 Gbit/s one still sees real transfers.
 When even the largest probe's transfer time is lost in the round trips' noise (loopback, a busy
 machine), the fit has no slope to find: the link is then taken as "at least this fast"
-(:func:`bounded_link`), never refused; the client's live estimate refines it from real requests.
+(``splitinfer.core.link.bounded_link``), never refused; the client's live estimate refines it from real requests.
 """
 
 from __future__ import annotations
 
 import logging
-import statistics
 from typing import TYPE_CHECKING, Sequence
 
-from splitinfer.core.link import Link, fit_link
+from splitinfer.core.link import Link, bounded_link, fit_link
 
 if TYPE_CHECKING:
     from .edges import Edge
 
-__all__ = ["measure_link", "sizes_for", "bounded_link"]
+__all__ = ["measure_link", "sizes_for"]
 
 log = logging.getLogger(__name__)
 
@@ -57,14 +56,3 @@ async def measure_link(edge: Edge, rounds: int = 3, *, sizes: Sequence[int] | No
                  link)
         return link, samples
 
-
-def bounded_link(samples: Sequence[tuple[int, float]]) -> Link:
-    """A link from probes whose sizes made no measurable difference: the RTT is the smallest
-    probes' median time, and the bandwidth a lower bound, the largest probe's extra bytes sent
-    within the noise (the spread of the smallest probes' times, at least 0.1 ms)."""
-    small_size, large_size = min(s for s, _ in samples), max(s for s, _ in samples)
-    small = [t for s, t in samples if s == small_size]
-    large = [t for s, t in samples if s == large_size]
-    rtt = statistics.median(small)
-    noise = max(statistics.median(large) - rtt, max(small) - min(small), 1e-4)
-    return Link(rtt_s=max(rtt, 0.0), bandwidth_bps=(large_size - small_size) * 8 / noise)

@@ -14,7 +14,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-__all__ = ["Link", "parse_rate", "parse_duration", "fit_link"]
+__all__ = ["Link", "parse_rate", "parse_duration", "fit_link", "bounded_link"]
 
 _RATE_UNITS = {"bit": 1.0, "kbit": 1e3, "mbit": 1e6, "gbit": 1e9}
 _DURATION_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
@@ -114,6 +114,22 @@ def fit_link(samples: Iterable[tuple[float, float]]) -> Link:
         raise ValueError(f"fit_link: time does not grow with size (slope {slope:.3g} s/bit); "
                          f"probe with larger payloads so transfer time beats the noise")
     return Link(rtt_s=max(float(intercept), 0.0), bandwidth_bps=1.0 / float(slope))
+
+
+def bounded_link(samples: Iterable[tuple[float, float]]) -> Link:
+    """A link from (bytes, seconds) probes whose sizes made no measurable difference (where
+    :func:`fit_link` finds no slope): the RTT is the smallest probes' median time, and the
+    bandwidth a lower bound, the largest probe's extra bytes sent within the noise (the spread
+    of the smallest probes' times, at least 0.1 ms)."""
+    data = [(float(b), float(s)) for b, s in samples]
+    small_size, large_size = min(b for b, _ in data), max(b for b, _ in data)
+    if not large_size > small_size:
+        raise ValueError("bounded_link needs probes of at least two different sizes")
+    small = [s for b, s in data if b == small_size]
+    large = [s for b, s in data if b == large_size]
+    rtt = float(np.median(small))
+    noise = max(float(np.median(large)) - rtt, max(small) - min(small), 1e-4)
+    return Link(rtt_s=max(rtt, 0.0), bandwidth_bps=(large_size - small_size) * 8 / noise)
 
 
 def _theil_sen(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:

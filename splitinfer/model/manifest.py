@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,8 +27,8 @@ from splitinfer.core.spec import Cut, TensorSpec
 
 from .image_input import ImageInput
 
-__all__ = ["Manifest", "read_manifest", "verify_files", "sha256_file", "check_name",
-           "check_image_spec",
+__all__ = ["Manifest", "read_manifest", "verify_files", "sha256_file", "write_text_atomic",
+           "check_name", "check_image_spec",
            "FORMAT", "FORMAT_VERSION", "MANIFEST", "PROGRAM", "EXAMPLES"]
 
 FORMAT = "splitinfer-bundle"
@@ -76,6 +77,19 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``: a
+    failure (a full disk, a kill) leaves the old file whole and no temporary file behind."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def check_name(what: str, value: Any) -> str:

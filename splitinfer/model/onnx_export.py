@@ -30,7 +30,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -41,6 +40,7 @@ from splitinfer.core.errors import BundleError, PartitionError, SplitInferError
 from splitinfer.core.spec import DYNAMIC, TensorSpec
 
 from .bundle import load_bundle
+from .manifest import write_text_atomic
 
 __all__ = ["export_onnx", "INDEX", "ONNX_DIR", "INDEX_FORMAT", "INDEX_FORMAT_VERSION"]
 
@@ -102,7 +102,7 @@ def export_onnx(bundle_dir: str | os.PathLike[str], cut_ids: Sequence[int | str]
         else:
             entry["tail"] = index["cuts"].get(str(cut.id), {}).get("tail")
         index["cuts"][str(cut.id)] = entry
-        _write_json_atomic(out / INDEX, index)
+        write_text_atomic(out / INDEX, json.dumps(index, indent=2, sort_keys=True) + "\n")
         log.info("exported cut %d (%s) to ONNX in %s", cut.id, cut.name, out)
         if progress is not None:
             progress(done, len(cuts))
@@ -143,18 +143,6 @@ def _read_index(out: Path, name: str, fingerprint: str) -> dict[str, Any]:
                     str(old.get("fingerprint"))[:16])
         return fresh
     return {**fresh, "cuts": dict(old["cuts"])}
-
-
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def _export_checked(module: torch.nn.Module, args: tuple[torch.Tensor, ...],

@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from splitinfer.core.errors import SplitInferError
+from splitinfer.model.manifest import write_text_atomic
 
 from .console import Column, Output, add_output_flags
 from .factory import quiet_torch
@@ -37,19 +36,6 @@ __all__ = ["cmd_fidelity", "add_parser"]
 _COLUMNS: list[Column] = [("cut", "right"), "name", "codec", ("KB/request", "right"),
                           ("rel err p50", "right"), ("p95", "right"), ("cosine mean", "right"),
                           ("min", "right"), ("top-1 agree", "right")]
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temp file next to ``path``, then rename it over ``path``: a failure
-    leaves the old file whole."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent or Path("."), prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _cut_ids(text: str | None, sm: Any) -> list[int] | None:
@@ -139,11 +125,11 @@ def cmd_fidelity(args: argparse.Namespace) -> int:
         _print_report(report, ui)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out, json.dumps(report.to_json(), indent=2) + "\n")
+    write_text_atomic(out, json.dumps(report.to_json(), indent=2) + "\n")
     ui.line(f"wrote {out}")
     if profile is not None:
         updated = report.apply_to(profile)
-        _write_atomic(Path(args.profile), json.dumps(updated.to_json(), indent=2) + "\n")
+        write_text_atomic(Path(args.profile), json.dumps(updated.to_json(), indent=2) + "\n")
         ui.line(f"updated {args.profile}: {updated.error_source}")
     if args.json:
         ui.json(report.to_json())

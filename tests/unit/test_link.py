@@ -103,3 +103,15 @@ def test_fit_link_ignores_outliers_that_fool_least_squares():
 def test_fit_link_rejects_unusable_samples(samples, match):
     with pytest.raises(ValueError, match=match):
         fit_link(samples)
+
+
+def test_bounded_link_is_a_lower_bound_from_probes_lost_in_noise():
+    from splitinfer.core.link import bounded_link
+
+    samples = [(1024, 0.0020), (1024, 0.0022), (1 << 20, 0.0021), (1 << 20, 0.0019)]
+    link = bounded_link(samples)
+    assert link.rtt_s == pytest.approx(0.0021)
+    # the largest probe's extra bytes within the smallest probes' spread (0.2 ms)
+    assert link.bandwidth_bps == pytest.approx(((1 << 20) - 1024) * 8 / 0.0002)
+    with pytest.raises(ValueError, match="two different sizes"):
+        bounded_link([(4096, 0.001), (4096, 0.002)])
