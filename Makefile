@@ -3,6 +3,7 @@
 #   make test    the layer rules and the type check (make lint), then the whole test suite
 #   make lint    lint-imports (the layer rules of .importlinter) and mypy (strict; setup.cfg)
 #   make bench   every benchmark, one after another; writes benchmarks/report/REPORT.md
+#                (the KServe peer gets its own venv in .bench/: ~5.5 GB, made once)
 
 PYTHON ?= python3
 VENV   := .venv
@@ -50,4 +51,4 @@ proto-check: $(STAMP)
 	$(PY) scripts/gen_proto.py --check
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .hypothesis .demo benchmarks/results
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .hypothesis .demo .bench benchmarks/results

@@ -5,8 +5,9 @@
 One run, side by side, against real ``splitinfer-edge`` processes on loopback:
 
 1. Closed-loop load at 1, 4, 16 and 64 concurrent clients (each sends its next request when the
-   last one is answered) against a node with batching on (``--max-batch-size 16
-   --max-queue-delay-ms 2``) and one with batching off (``--max-batch-size 1``); requests/s and
+   last one is answered) against a node with batching on (``--max-batch-size 16``, no batching
+   delay: batches form from what queues while the workers are busy) and one with batching off
+   (``--max-batch-size 1``); requests/s and
    p50/p99 latency. Both nodes run at once and the modes alternate in short slices, so a
    neighbour's load on a shared machine hits both sides alike; a point counts the answers that
    arrive in its window. The model is torchvision's VGG-16 (random weights) cut after its
@@ -51,7 +52,8 @@ import torch  # noqa: E402
 import torchvision  # noqa: E402
 from torch import nn  # noqa: E402
 
-from benchmarks.machine import machine_busy_seconds  # noqa: E402
+from benchmarks import load  # noqa: E402
+from benchmarks.load import pct  # noqa: E402
 from benchmarks.progress import Steps  # noqa: E402
 from splitinfer.codec import get_codec  # noqa: E402
 from splitinfer.model.bundle import load_bundle, save_bundle  # noqa: E402
@@ -67,7 +69,7 @@ PROBE = "/splitinfer.v1.EdgeInference/Probe"
 CONCURRENCY = (1, 4, 16, 64)
 NODE_FLAGS = ("--torch-threads", "1", "--profile-tails", "false", "--log-level", "WARNING")
 BATCH = "splitinfer_edge_batch_size"
-MODES = {"batching on": ("--max-batch-size", "16", "--max-queue-delay-ms", "2"),
+MODES = {"batching on": ("--max-batch-size", "16"),  # no batching delay: the node's default
          "batching off": ("--max-batch-size", "1")}
 TARGET_SPEEDUP = 2.0      # batching on / off, requests/s at 16 clients
 TARGET_OVERHEAD_S = 1e-3  # node's own p50 overhead per request, ~100 KB activation
@@ -126,11 +128,6 @@ def check_answer(reply: bytes, work: Workload) -> None:
         raise RuntimeError(f"{work.name}: the node's answer differs from the local tail")
 
 
-def pct(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, int(q * len(s)))] if s else float("nan")
-
-
 # ---- 1. throughput and latency against concurrency --------------------------------------------
 
 async def closed_loop(node: EdgeProcess, payload: bytes, clients: int, warmup_s: float,
@@ -140,38 +137,14 @@ async def closed_loop(node: EdgeProcess, payload: bytes, clients: int, warmup_s:
     Returns the window's latencies and counter deltas (CPU seconds, batch rows): slices of
     several runs add up (:func:`summarize_slices`).
     """
-    async with grpc.aio.insecure_channel(node.address) as channel:
-        call = channel.unary_unary(INFER)  # bytes in, bytes out: no protobuf work per call
-        await call(payload, timeout=60)
-        loop = asyncio.get_running_loop()
-        begin = loop.time() + warmup_s
-        end = begin + measure_s
-        latencies: list[float] = []
-        marks: list[dict[str, float]] = []
+    def sample() -> dict[str, float]:
+        return {"server": node.cpu_seconds(), "rows": node.metric_sum(BATCH + "_sum"),
+                "batches": node.metric_sum(BATCH + "_count")}
 
-        async def client() -> None:
-            while loop.time() < end:
-                t0 = loop.time()
-                await call(payload, timeout=60)
-                t1 = loop.time()
-                if begin <= t1 <= end:  # answered in the window, whenever it was sent
-                    latencies.append(t1 - t0)
-
-        def sample() -> None:
-            marks.append({"client": time.process_time(), "server": node.cpu_seconds(),
-                          "machine": machine_busy_seconds(),
-                          "rows": node.metric_sum(BATCH + "_sum"),
-                          "batches": node.metric_sum(BATCH + "_count")})
-
-        async def meter() -> None:
-            await asyncio.sleep(begin - loop.time())
-            await loop.run_in_executor(None, sample)
-            await asyncio.sleep(end - loop.time())
-            await loop.run_in_executor(None, sample)
-
-        await asyncio.gather(meter(), *(client() for _ in range(clients)))
-    delta = {k: marks[1][k] - marks[0][k] for k in marks[0]}
-    return {"latencies": latencies, "seconds": measure_s, **delta}
+    got = await load.closed_loop(node.address, INFER, payload, clients, warmup_s, measure_s,
+                                 sample)
+    got["client"], got["machine"] = got.pop("client_cpu"), got.pop("machine_cpu")
+    return got
 
 
 def summarize_slices(clients: int, slices: list[dict[str, Any]]) -> dict[str, Any]:
@@ -388,8 +361,7 @@ def report(args: argparse.Namespace, res: dict[str, Any]) -> dict[str, dict[str,
           f"{res['activation_bytes']} bytes fp32), {args.repeats} round trips each:")
     for mode, o in over.items():
         print_overhead(mode, o)
-    print("(batching on holds a lone request up to --max-queue-delay-ms for company; the "
-          "target reads batching off)\n")
+    print("(the target reads batching off)\n")
     targets = check_targets(res)
     for name, t in targets.items():
         print(f"{'PASS' if t['pass'] else 'FAIL'}: {name} {t['value']:.3f} (target "

@@ -33,6 +33,7 @@ BENCHMARKS: dict[str, tuple[str, tuple[str, ...]]] = {
     "codecs": ("benchmarks.codecs", ()),
     "fidelity": ("benchmarks.fidelity", ()),
     "edge": ("benchmarks.edge", ()),
+    "peer": ("benchmarks.peer", ()),
     "client_stream": ("benchmarks.client_stream", ()),
     "planner_validation": ("benchmarks.planner_validation", ()),
 }
@@ -216,6 +217,48 @@ def section_edge(d: dict[str, Any]) -> list[str]:
                f"**{o['overhead_p50_ms']:.2f} ms**.", ""] + _plot("edge"))
 
 
+def section_peer(d: dict[str, Any]) -> list[str]:
+    m = d["meta"]
+    lines = [f"The same tail graph on both sides; weights {m['weights']}. KServe "
+             f"({', '.join(m['peer'])}) in its own venv, one torch thread, latency logging off; "
+             "the node in its default configuration. Clients send pre-serialized bytes to each "
+             "server in turn; 'grpc floor' = a bare grpc.aio server answering the same bytes "
+             "with as many bytes as the node answers. The overhead targets read the light "
+             "tails (the serving path alone), the req/s targets the conv tails.", ""]
+    for name, w in d["workloads"].items():
+        sides = list(w["load"])
+        rows = []
+        for i, ours in enumerate(w["load"]["splitinfer"]):
+            rows.append([ours["clients"]] + [f"{w['load'][s][i]['rps']:.0f} / "
+                                             f"{w['load'][s][i]['p50_ms']:.2f}" for s in sides]
+                        + [w["rps_ratio"][str(ours["clients"])]])  # JSON keys are text
+        c, o = w["compute_p50_ms"], w["overhead_ms"]
+        lines += [f"**{w['label']}** ({w['activation_bytes'] // 1000} KB)", ""]
+        lines += _table(["clients"] + [f"{s} req/s / p50 ms" for s in sides]
+                        + ["ours / KServe req/s"], rows)
+        lines += [f"Overhead at 1 client (p50 - bare compute {c['splitinfer']:.2f} / "
+                  f"{c['kserve']:.2f} ms): ours **{o['splitinfer']:.2f} ms**, KServe "
+                  f"{o['kserve']:.2f} ms (**{w['overhead_ratio']:.2f}x**); grpc floor "
+                  f"{o['grpc floor']:.2f} ms, ours {w['above_floor_ms']:.2f} ms above it"
+                  + (f"; the target (0.5x KServe's = {w['target_overhead_ms']:.2f} ms) sits "
+                     "below that floor." if w["target_below_floor"] else ".")]
+        sv = w.get("serving_ms") or {}
+        if len(sv) == 2:
+            lines += [f"Against the tail as it ran inside each server (mean "
+                      f"{c['splitinfer in server']:.2f} / {c['kserve in server']:.2f} ms): ours "
+                      f"{sv['splitinfer']:.2f} ms, KServe {sv['kserve']:.2f} ms "
+                      f"({sv['splitinfer'] / sv['kserve']:.2f}x)."]
+        lines += [""]
+    if "hops" in d:
+        lines += [f"The node's two thread hops alone (event loop -> worker -> event loop, a tail "
+                  f"that does nothing): {d['hops']['two_hops_p50_ms']:.3f} ms p50.", ""]
+    if "layouts" in d:
+        lines += _table(["tail alone, 1 thread", "as the node runs it, ms", "channels_last, ms"],
+                        [[n, v["default_ms"], v["channels_last_ms"]]
+                         for n, v in d["layouts"].items()])
+    return lines
+
+
 def section_client(d: dict[str, Any]) -> list[str]:
     m = d["meta"]
     rows = [[r["mode"], r["window"], r["fps"], r["ratio"], r["max_diff"]] for r in d["rows"]]
@@ -316,6 +359,7 @@ SECTIONS: dict[str, tuple[str, Callable[[dict[str, Any]], list[str]]]] = {
     "codecs": ("Codecs: bytes and speed", section_codecs),
     "fidelity": ("Fidelity: what lossy codecs cost in accuracy", section_fidelity),
     "edge": ("Edge node: batching throughput and overhead", section_edge),
+    "peer": ("Edge node vs KServe's ModelServer, over grpcio's floor", section_peer),
     "client_stream": ("Device client: stream() vs infer()", section_client),
     "planner_validation": ("Planner validation: chosen vs oracle over a link grid",
                            section_planner),

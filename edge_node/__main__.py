@@ -19,12 +19,11 @@ log = logging.getLogger("edge_node")
 
 
 async def serve(config: EdgeConfig) -> int:
+    import torch
+
     from .server import EdgeNode, StartupError
 
-    if config.torch_threads:
-        import torch
-
-        torch.set_num_threads(config.torch_threads)
+    torch.set_num_threads(config.threads_per_worker())
     node = EdgeNode(config)
     try:
         await node.start()

@@ -1,11 +1,23 @@
 """Dynamic batching: stack concurrent requests for the same tail into one batch.
 
 Requests are grouped by key (model, version, cut, and the non-batch shapes of their tensors:
-only those can be stacked). A group is dispatched when it holds ``max_batch_size`` rows or its
-oldest request has waited ``max_queue_delay``, and only when a worker is free: while every
-worker is busy, requests keep arriving and the next batch grows — this is what turns load into
-throughput. Compute runs on a thread pool, off the gRPC event loop; results come back through
-``concurrent.futures.Future`` objects that the servicer awaits.
+only those can be stacked). The ``workers`` compute threads take work straight from the queue:
+
+- an idle worker takes a request the moment it arrives: a lone request never waits for
+  company (``max_queue_delay_s`` = 0, the default);
+- while every worker is busy, requests keep arriving and queue; the next worker to come free
+  takes up to ``max_batch_size`` rows of one key at once. This is what turns load into
+  throughput, with no waiting added (Triton's dynamic batcher with zero delay works so);
+- ``max_queue_delay_s`` > 0 is an opt-in: a worker holds a key's first request up to that long
+  for more rows to arrive (fuller batches at low load, for tails whose cost hardly grows with
+  rows).
+
+One request crosses two threads: the event loop hands it to a worker (a condition variable;
+the most recently idle worker first, whose core's caches are still warm), the worker hands the
+answer back (``concurrent.futures.Future``, which the servicer awaits).
+A request may carry its tensors still encoded (``tensors`` a callable that decodes them) and a
+``finish`` callable (its answer's encoder): both then run on the worker, so a large payload's
+decode and encode never hold up the event loop, and a bad payload fails only its own request.
 """
 
 from __future__ import annotations
@@ -14,9 +26,9 @@ import logging
 import threading
 import time
 from collections import OrderedDict, deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Callable, Hashable, Sequence
+from typing import Any, Callable, Hashable, Sequence, Union
 
 import torch
 
@@ -25,32 +37,45 @@ from splitinfer.core.errors import DeadlinePassed, Overloaded, ShuttingDown
 log = logging.getLogger(__name__)
 
 RunFn = Callable[[Hashable, Sequence[torch.Tensor]], Sequence[torch.Tensor]]
+#: a request's tensors, or a callable that decodes them (run on the worker)
+Tensors = Union[Sequence[torch.Tensor], Callable[[], Sequence[torch.Tensor]]]
+#: turns one request's outputs into its answer (run on the worker; e.g. the output codec)
+FinishFn = Callable[[tuple[torch.Tensor, ...]], Any]
 
 
 @dataclass(frozen=True)
 class BatchResult:
-    """What one request gets back: its outputs and how its batch went."""
+    """What one request gets back: its outputs, its ``finish``'s answer, how its batch went.
+
+    ``decode_s`` and ``encode_s`` are this request's own decode and finish on the worker (0
+    when it came decoded / had no ``finish``); ``compute_s`` is its batch's tail.
+    """
 
     outputs: tuple[torch.Tensor, ...]
     queue_s: float
     compute_s: float
     batch_rows: int
+    answer: Any = None
+    decode_s: float = 0.0
+    encode_s: float = 0.0
 
 
 @dataclass
 class _Item:
-    tensors: Sequence[torch.Tensor]
+    tensors: Tensors
     rows: int
     future: Future[BatchResult]
     enqueued: float
     deadline: float | None
+    finish: FinishFn | None
+    decode_s: float = 0.0
 
 
 class Batcher:
-    """Groups requests per key, dispatches batches to ``workers`` threads."""
+    """Groups requests per key; ``workers`` threads take batches straight from the queue."""
 
     def __init__(self, run: RunFn, *, workers: int = 2, max_batch_size: int = 8,
-                 max_queue_delay_s: float = 0.002, max_queue: int = 256,
+                 max_queue_delay_s: float = 0.0, max_queue: int = 256,
                  on_batch: Callable[[Hashable, int, float], None] | None = None) -> None:
         self._run = run
         self._on_batch = on_batch
@@ -63,18 +88,22 @@ class Batcher:
         self._busy = 0
         self._closed = False
         self._delay_ewma = 0.0
-        self._cv = threading.Condition()
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="edge-worker")
-        self._thread = threading.Thread(target=self._dispatch_loop, name="edge-batcher",
-                                        daemon=True)
-        self._thread.start()
+        self._lock = threading.Lock()
+        # idle workers, each waiting on its own condition (of the one lock); the most recently
+        # idle is woken first: its core's caches still hold the tail's weights
+        self._idle: list[threading.Condition] = []
+        self._threads = [threading.Thread(target=self._work, name=f"edge-worker-{i}",
+                                          daemon=True) for i in range(workers)]
+        for thread in self._threads:
+            thread.start()
 
     # -- public -------------------------------------------------------------------------------
-    def submit(self, key: Hashable, tensors: Sequence[torch.Tensor], rows: int,
-               deadline: float | None = None) -> Future[BatchResult]:
+    def submit(self, key: Hashable, tensors: Tensors, rows: int,
+               deadline: float | None = None, finish: FinishFn | None = None
+               ) -> Future[BatchResult]:
         """Queue one request (``rows`` = its batch size); ``deadline`` is time.monotonic()."""
         future: Future[BatchResult] = Future()
-        with self._cv:
+        with self._lock:
             if self._closed:
                 raise ShuttingDown(f"{ShuttingDown.PREFIX} and takes no new requests; retry on "
                                    "another node")
@@ -82,9 +111,9 @@ class Batcher:
                 raise Overloaded(f"queue full: {self._queued} requests waiting (--max-queue "
                                  f"{self.max_queue}); retry later or add edge capacity")
             self._pending.setdefault(key, deque()).append(
-                _Item(tensors, rows, future, time.monotonic(), deadline))
+                _Item(tensors, rows, future, time.monotonic(), deadline, finish))
             self._queued += 1
-            self._cv.notify_all()
+            self._wake_one()
         return future
 
     @property
@@ -101,22 +130,26 @@ class Batcher:
         return self._delay_ewma
 
     def close(self, wait: bool = True) -> None:
-        """Refuse new requests; with ``wait``, finish what is queued and running first."""
-        with self._cv:
+        """Refuse new requests; queued ones still run. ``wait``: until they all have."""
+        with self._lock:
             self._closed = True
-            self._cv.notify_all()
+            while self._idle:
+                self._idle.pop().notify()
         if wait:
-            self._thread.join()
-        self._pool.shutdown(wait=wait)
+            for thread in self._threads:
+                thread.join()
 
-    # -- dispatching --------------------------------------------------------------------------
+    # -- the workers --------------------------------------------------------------------------
     def _ready_key(self, now: float) -> tuple[Hashable | None, float | None]:
-        """A key whose batch should go now, else how long until the next one is due."""
+        """A key whose batch should go now, else when the next one is due (None: none pending).
+
+        With no delay (the default) that is the first key in round-robin order.
+        """
         next_due = None
         for key, items in self._pending.items():
-            rows = sum(i.rows for i in items)
             due = items[0].enqueued + self.max_queue_delay_s
-            if rows >= self.max_batch_size or due <= now or self._closed:
+            if due <= now or self._closed or \
+                    sum(i.rows for i in items) >= self.max_batch_size:
                 return key, None
             next_due = due if next_due is None else min(next_due, due)
         return None, next_due
@@ -135,63 +168,101 @@ class Batcher:
         self._queued -= len(batch)
         return batch
 
-    def _dispatch_loop(self) -> None:
-        while True:
-            with self._cv:
-                while True:
-                    if self._closed and not self._pending:
-                        return
-                    key, next_due = (None, None)
-                    if self._busy < self.workers and self._pending:
-                        key, next_due = self._ready_key(time.monotonic())
-                        if key is not None:
-                            break
-                    timeout = None if next_due is None else max(0.0, next_due -
-                                                                time.monotonic())
-                    self._cv.wait(timeout)
-                batch = self._take(key)
-                self._busy += 1
-            self._pool.submit(self._run_batch, key, batch)
+    def _wake_one(self) -> None:
+        """Wake the most recently idle worker, if any (the lock is held)."""
+        if self._idle:
+            self._idle.pop().notify()
+
+    def _next_batch(self, me: threading.Condition) -> tuple[Hashable, list[_Item]] | None:
+        """Block until a batch is due and take it; None once closed and drained."""
+        with self._lock:
+            while True:
+                timeout = None
+                if self._pending:
+                    key, next_due = self._ready_key(time.monotonic())
+                    if key is not None:
+                        batch = self._take(key)
+                        self._busy += 1
+                        if self._pending:
+                            self._wake_one()  # more is queued: another idle worker looks
+                        return key, batch
+                    if next_due is not None:
+                        timeout = max(0.0, next_due - time.monotonic())
+                elif self._closed:
+                    return None
+                self._idle.append(me)
+                me.wait(timeout)
+                if me in self._idle:  # woke by its timeout, not by a submit
+                    self._idle.remove(me)
+
+    def _work(self) -> None:
+        me = threading.Condition(self._lock)
+        while (taken := self._next_batch(me)) is not None:
+            try:
+                self._run_batch(*taken)
+            except BaseException:  # pragma: no cover - _run_batch answers every future
+                log.exception("batch failed outside its requests")
+            finally:
+                with self._lock:
+                    self._busy -= 1
 
     def _run_batch(self, key: Hashable, items: list[_Item]) -> None:
-        try:
-            start = time.monotonic()
-            live = []
-            for item in items:
-                if item.deadline is not None and item.deadline <= start:
-                    item.future.set_exception(DeadlinePassed(
-                        f"deadline passed {start - item.deadline:.3f}s before compute began "
-                        f"(queued {start - item.enqueued:.3f}s); give the request more time"))
-                elif item.future.set_running_or_notify_cancel():
-                    live.append(item)
-            if live:
-                self._compute(key, live, start)
-        finally:
-            with self._cv:
-                self._busy -= 1
-                self._cv.notify_all()
+        start = time.monotonic()
+        live: list[tuple[_Item, Sequence[torch.Tensor]]] = []
+        for item in items:
+            if item.deadline is not None and item.deadline <= start:
+                item.future.set_exception(DeadlinePassed(
+                    f"deadline passed {start - item.deadline:.3f}s before compute began "
+                    f"(queued {start - item.enqueued:.3f}s); give the request more time"))
+                continue
+            if not item.future.set_running_or_notify_cancel():
+                continue  # the caller gave up
+            tensors = item.tensors
+            if callable(tensors):
+                t0 = time.perf_counter()
+                try:
+                    tensors = tensors()
+                except Exception as exc:  # a bad payload fails its own request only
+                    item.future.set_exception(exc)
+                    continue
+                item.decode_s = time.perf_counter() - t0
+            live.append((item, tensors))
+        if live:
+            self._compute(key, live, start)
 
-    def _compute(self, key: Hashable, items: list[_Item], start: float) -> None:
-        rows = sum(i.rows for i in items)
+    def _compute(self, key: Hashable, live: list[tuple[_Item, Sequence[torch.Tensor]]],
+                 start: float) -> None:
+        rows = sum(item.rows for item, _ in live)
+        t0 = time.perf_counter()
         try:
-            if len(items) == 1:
-                outputs = [tuple(self._run(key, items[0].tensors))]
+            if len(live) == 1:
+                outputs = [tuple(self._run(key, live[0][1]))]
             else:
-                stacked = [torch.cat(parts) for parts in zip(*(i.tensors for i in items))]
+                stacked = [torch.cat(parts) for parts in zip(*(t for _, t in live))]
                 joined = tuple(self._run(key, stacked))
-                sizes = [i.rows for i in items]
+                sizes = [item.rows for item, _ in live]
                 if any(o.dim() == 0 or o.shape[0] != rows for o in joined):
                     raise RuntimeError(f"a batched output lost the batch dim ({rows} rows)")
                 outputs = list(zip(*(torch.split(o, sizes) for o in joined)))
         except Exception as exc:
-            for item in items:
+            for item, _ in live:
                 item.future.set_exception(exc)
             return
-        compute_s = time.monotonic() - start
+        compute_s = time.perf_counter() - t0
         if self._on_batch is not None:
             self._on_batch(key, rows, compute_s)
-        for item, out in zip(items, outputs):
+        for (item, _), out in zip(live, outputs):
             queue_s = start - item.enqueued
             self._delay_ewma = 0.9 * self._delay_ewma + 0.1 * queue_s
-            item.future.set_result(BatchResult(tuple(o.contiguous() for o in out), queue_s,
-                                               compute_s, rows))
+            own = tuple(o.contiguous() for o in out)
+            answer, encode_s = None, 0.0
+            if item.finish is not None:
+                t1 = time.perf_counter()
+                try:
+                    answer = item.finish(own)
+                except Exception as exc:
+                    item.future.set_exception(exc)
+                    continue
+                encode_s = time.perf_counter() - t1
+            item.future.set_result(BatchResult(own, queue_s, compute_s, rows, answer,
+                                               item.decode_s, encode_s))

@@ -25,7 +25,7 @@ class EdgeConfig:
     torch_threads: int = 0
     device: str = "cpu"
     max_batch_size: int = 8
-    max_queue_delay_ms: float = 2.0
+    max_queue_delay_ms: float = 0.0
     max_queue: int = 256
     max_message_bytes: int = 64 << 20
     max_tensor_bytes: int = 256 << 20
@@ -49,6 +49,20 @@ class EdgeConfig:
     tls_client_ca: str | None = None
     log_level: str = "INFO"
     log_format: str = "json"
+
+    def threads_per_worker(self) -> int:
+        """``torch_threads``, or when 0 the cores this process may use / ``workers`` (>= 1).
+
+        Workers run batches side by side; each one's OpenMP team should not outnumber its
+        share of the cores (on a 2-core machine a 2-thread team in a worker thread, next to
+        the event loop's thread, ran a conv tail ~3x slower than 1 thread). Under a
+        container's CPU quota (not visible as affinity), set it explicitly.
+        """
+        if self.torch_threads:
+            return self.torch_threads
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
+            (os.cpu_count() or 1)
+        return max(1, cores // self.workers)
 
     def __post_init__(self) -> None:
         problems = []
@@ -101,10 +115,13 @@ _FLAGS: list[tuple[str, Callable[[str], Any], str]] = [
     ("--listen", str, "gRPC address HOST:PORT (port 0 picks a free one)"),
     ("--metrics-port", int, "Prometheus /metrics port on all interfaces (0 = off)"),
     ("--workers", int, "compute worker threads (batches run in parallel on these)"),
-    ("--torch-threads", int, "torch intra-op threads per worker (0 = torch's default)"),
+    ("--torch-threads", int, "torch intra-op threads per worker (0 = the usable cores / "
+                             "--workers, at least 1)"),
     ("--device", str, "torch device for the tails: cpu or cuda"),
     ("--max-batch-size", int, "stack up to this many requests into one batch (1 = off)"),
-    ("--max-queue-delay-ms", float, "wait at most this long to fill a batch"),
+    ("--max-queue-delay-ms", float, "opt-in: hold a batch's first request up to this long "
+                                    "for company (0 = never: an idle worker takes a request at "
+                                    "once; batches form from what queues while all are busy)"),
     ("--max-queue", int, "requests waiting for compute; past it: RESOURCE_EXHAUSTED"),
     ("--max-message-bytes", int, "largest gRPC message accepted or sent"),
     ("--max-tensor-bytes", int, "largest decoded tensor (codec decode limit)"),

@@ -12,9 +12,8 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-import torch
 from torch import nn
 
 from splitinfer.core.errors import BundleError, NotFound
@@ -59,8 +58,10 @@ class LoadedModel:
                            f"are 0..{len(self.cuts) - 1}")
         return self.cuts[cut_id]
 
-    def check_inputs(self, cut_id: int, tensors: Sequence[torch.Tensor]) -> None:
-        """The request's tensors must be exactly the cut's: count, order, dtype, shape."""
+    def check_inputs(self, cut_id: int, tensors: Sequence[Any]) -> None:
+        """The request's tensors must be exactly the cut's: count, order, dtype, shape.
+
+        ``tensors``: torch tensors, or encoded ones (their declared dtype and shape)."""
         cut = self.cut(cut_id)
         check_tensors(cut.tensors, tensors, f"cut {cut_id} ({cut.name}) of {self.name} "
                                             f"v{self.version}")

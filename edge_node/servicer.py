@@ -17,8 +17,9 @@ import grpc
 import torch
 
 from splitinfer import transport
-from splitinfer.codec import Limits, get_codec, list_codecs
-from splitinfer.core.errors import FingerprintMismatch, NotFound, ShuttingDown
+from splitinfer.codec import EncodedTensor, Limits, get_codec, list_codecs
+from splitinfer.codec import check as check_encoded
+from splitinfer.core.errors import FingerprintMismatch, InvalidRequest, NotFound, ShuttingDown
 from splitinfer.core.timing import StageTiming
 from splitinfer.model.tensors import decode_torch
 from splitinfer.wire import convert
@@ -88,28 +89,43 @@ class EdgeServicer(service_pb2_grpc.EdgeInferenceServicer):
                     f"fingerprint of {model.name} v{model.version} ({model.fingerprint[:16]}…): "
                     "the head was built from another model; reload the bundle")
             cut = model.cut(call.cut_id)
-            tensors = [decode_torch(e, self.limits) for e in call.tensors]
-            model.check_inputs(cut.id, tensors)
+            # checked against what the tensors declare; their payloads are decoded (and
+            # checked against that) on the worker, off the event loop
+            for e in call.tensors:
+                check_encoded(e, self.limits)
+            try:
+                model.check_inputs(cut.id, call.tensors)
+            except InvalidRequest:
+                for e in call.tensors:  # a payload that cannot decode says so first, as it
+                    decode_torch(e, self.limits)  # always has (an image's own size, ...)
+                raise
             for e in call.tensors:
                 self.metrics.bytes_in.labels(e.codec).inc(len(e.payload))
-            t1 = time.perf_counter()
+            codec = get_codec(call.output_codec or self.config.output_codec)
+            specs = model.split.output_specs
+            limits = self.limits
+
+            def decode() -> list[torch.Tensor]:
+                return [decode_torch(e, limits, copy=False) for e in call.tensors]
+
+            def encode(outputs: tuple[torch.Tensor, ...]) -> list[EncodedTensor]:
+                return [codec.encode(t, name=spec.name) for t, spec in zip(outputs, specs)]
+
             remaining = context.time_remaining()
             deadline = time.monotonic() + remaining if remaining is not None else None
-            rows = int(tensors[0].shape[0]) if tensors and tensors[0].dim() else 1
+            first = call.tensors[0].shape
+            rows = int(first[0]) if first else 1
             key = (model.name, model.version, cut.id,
-                   tuple((tuple(t.shape[1:]), t.dtype) for t in tensors))
+                   tuple((tuple(e.shape[1:]), e.dtype) for e in call.tensors))
+            t1 = time.perf_counter()
             result: BatchResult = await asyncio.wrap_future(
-                self.batcher.submit(key, tensors, rows, deadline))
-            t2 = time.perf_counter()
-            codec = get_codec(call.output_codec or self.config.output_codec)
-            outputs = [codec.encode(t, name=spec.name)
-                       for t, spec in zip(result.outputs, model.split.output_specs)]
+                self.batcher.submit(key, decode, rows, deadline, finish=encode))
+            outputs: list[EncodedTensor] = result.answer
             for e in outputs:
                 self.metrics.bytes_out.labels(e.codec).inc(len(e.payload))
-            t3 = time.perf_counter()
-            timing = StageTiming(queue_s=result.queue_s, decode_s=t1 - t0,
-                                 compute_s=max(0.0, (t2 - t1) - result.queue_s),
-                                 encode_s=t3 - t2)
+            timing = StageTiming(queue_s=result.queue_s,
+                                 decode_s=(t1 - t0) + result.decode_s,
+                                 compute_s=result.compute_s, encode_s=result.encode_s)
         except Exception as exc:
             self.metrics.observe_request(*labels, status_of(exc)[0].name)
             raise
@@ -224,8 +240,15 @@ def make_run(repo: ModelRepository, device: str) -> RunFn:
         name, version, cut_id = key[:3]
         model = repo.get(name, version)
         tail = repo.tails.get(model, cut_id)
-        inputs = [t.to(target, non_blocking=True) for t in tensors]
-        out = tail(*inputs)
+        if target.type == "cpu":
+            # a lone request's tensors are views of its payload: a tail that may write into
+            # its inputs gets copies (a rare graph: torch.export tails never do)
+            inputs = [t.clone() for t in tensors] if getattr(tail, "writes_inputs", True) \
+                else list(tensors)
+        else:
+            inputs = [t.to(target, non_blocking=True) for t in tensors]
+        with torch.inference_mode():
+            out = tail(*inputs)
         out = out if isinstance(out, tuple) else (out,)
         return tuple(o.to("cpu") for o in out)
 

@@ -16,6 +16,7 @@ from .registry import (
     EncodedTensor,
     ErrorBound,
     Limits,
+    check,
     decode,
     encoded_nbytes,
     error_bound,
@@ -24,4 +25,4 @@ from .registry import (
 )
 
 __all__ = ["CODECS", "DEFAULT_LIMITS", "Codec", "EncodedTensor", "ErrorBound", "IMAGE_CODECS",
-           "Limits", "decode", "encoded_nbytes", "error_bound", "get_codec", "list_codecs"]
+           "Limits", "check", "decode", "encoded_nbytes", "error_bound", "get_codec", "list_codecs"]

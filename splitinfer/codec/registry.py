@@ -414,11 +414,26 @@ def _read_payload(e: EncodedTensor, zstd: bool, expected: int, what: str) -> Any
     return e.payload
 
 
-def decode(encoded: EncodedTensor, limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
-    """Check, then decode one tensor to a new numpy array of its original dtype and shape.
+def check(encoded: EncodedTensor, limits: Limits = DEFAULT_LIMITS) -> None:
+    """The checks ``decode`` makes before it reads the payload: codec, dtype, shape against
+    ``limits``, quantization parameters, and an uncompressed payload's length. Cheap (no
+    payload is read), so a server can refuse a bad tensor before it queues the work."""
+    what = _what(encoded.name)
+    base, zstd, shape, numel = _check_header(encoded, limits, what)
+    _check_params(encoded, base, shape, what)
+    if base not in _image.BASES and not zstd:
+        storage = _FORMATS[base].storage or _NP_DTYPES[encoded.dtype]
+        _read_payload(encoded, False, numel * np.dtype(storage).itemsize, what)
+
+
+def decode(encoded: EncodedTensor, limits: Limits = DEFAULT_LIMITS, *,
+           copy: bool = True) -> np.ndarray:
+    """Check, then decode one tensor to a numpy array of its original dtype and shape.
 
     bfloat16 decodes to uint16 bits (``splitinfer.model.tensors.decode_torch`` gives a
-    real bfloat16 tensor).
+    real bfloat16 tensor). The array is new, except with ``copy=False`` where the payload
+    already holds the values as they are (raw or fp32 of a float32 tensor, uncompressed): then
+    it is a read-only view of the payload, no copy made.
     """
     what = _what(encoded.name)
     base, zstd, shape, numel = _check_header(encoded, limits, what)
@@ -434,6 +449,8 @@ def decode(encoded: EncodedTensor, limits: Limits = DEFAULT_LIMITS) -> np.ndarra
     if encoded.dtype == "bool" and numel and stored.view(np.uint8).max() > 1:
         raise CodecError(f"{what}: bool payload holds bytes other than 0 and 1")
     if base == "raw" or encoded.dtype == _FORMATS[base].native:
+        if not copy and not zstd:
+            return stored  # a read-only view of the payload
         own: np.ndarray = stored.copy()  # frombuffer views are read-only; callers get their own
         return own
     if base == "int8":

@@ -66,6 +66,10 @@ class _Segment(nn.Module):
         self.unwrap = unwrap
         self.contiguous = tuple(contiguous) or (False,) * n_inputs
         self.specs = tuple(specs)
+        #: whether the graph may write into its input tensors (an in-place op in it): a caller
+        #: that hands it views of memory it must not change (a server's request payload)
+        #: copies them first. torch.export graphs are functional: False for them.
+        self.writes_inputs = any(_writes(gm, node) for node in gm.graph.nodes)
 
     def forward(self, *tensors: torch.Tensor) -> Any:
         if len(tensors) != self.n_inputs:
@@ -84,6 +88,22 @@ class _Segment(nn.Module):
             out = self.graph_module(*tensors)
         out = tuple(out) if isinstance(out, (tuple, list)) else (out,)
         return out[0] if self.unwrap and len(out) == 1 else out
+
+
+def _writes(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """True when ``node`` may modify a tensor in place (conservative: any in-place op)."""
+    if node.op == "call_function":
+        schema = getattr(node.target, "_schema", None)
+        if schema is not None:
+            return bool(schema.is_mutable)
+        name = getattr(node.target, "__name__", "")
+        return bool(node.kwargs.get("inplace")) or (name.endswith("_") and
+                                                    not name.endswith("__"))
+    if node.op == "call_method":
+        return str(node.target).endswith("_") and not str(node.target).endswith("__")
+    if node.op == "call_module":
+        return bool(getattr(gm.get_submodule(str(node.target)), "inplace", False))
+    return False
 
 
 def graph_fingerprint(gm: fx.GraphModule) -> str:

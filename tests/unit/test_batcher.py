@@ -143,3 +143,116 @@ def test_close_drains_queued_work_then_refuses_new():
     assert all(f.done() and f.exception() is None for f in futures)
     with pytest.raises(ShuttingDown, match="shutting down"):
         b.submit("k", [torch.ones(1, 1)], 1)
+
+
+# -- no idle waits; work on the worker ------------------------------------------------------
+
+def test_a_lone_request_never_waits_for_company_by_default():
+    gate = _Gate()
+    gate.open.set()
+    b = Batcher(gate, workers=1, max_batch_size=8)  # the default: no batching delay
+    try:
+        assert b.max_queue_delay_s == 0.0
+        res = b.submit("k", [torch.ones(1, 2)], 1).result(10)
+        assert res.batch_rows == 1
+    finally:
+        b.close()
+
+
+def test_an_opt_in_delay_holds_a_lone_request_until_the_batch_fills():
+    gate = _Gate()
+    gate.open.set()
+    b = Batcher(gate, workers=1, max_batch_size=3, max_queue_delay_s=60.0)
+    try:
+        first = b.submit("k", [torch.ones(1, 2)], 1)
+        time.sleep(0.2)
+        assert not first.done() and b.queue_depth == 1  # held for company, worker idle
+        rest = [b.submit("k", [torch.ones(1, 2)], 1) for _ in range(2)]
+        assert all(f.result(10).batch_rows == 3 for f in [first, *rest])  # full: went at once
+        assert [rows for _, rows in gate.batches] == [3]
+    finally:
+        b.close()
+
+
+def test_an_idle_worker_takes_a_request_while_another_is_busy():
+    gate = _Gate()
+    seen = threading.Event()
+
+    def run(key, tensors):
+        if key == "slow":
+            return gate(key, tensors)
+        seen.set()
+        return (tensors[0] + 1,)
+
+    b = Batcher(run, workers=2, max_batch_size=8)
+    try:
+        slow = b.submit("slow", [torch.zeros(1, 1)], 1)
+        _wait_until(lambda: b.in_flight == 1)
+        fast = b.submit("fast", [torch.zeros(1, 1)], 1)
+        assert torch.equal(fast.result(10).outputs[0], torch.ones(1, 1))
+        assert not slow.done()  # the second worker ran it beside the busy one
+        gate.open.set()
+        slow.result(10)
+    finally:
+        gate.open.set()
+        b.close()
+
+
+def test_decode_and_finish_run_on_the_worker_and_fail_only_their_own_request():
+    gate = _Gate()
+    b = Batcher(gate, workers=1, max_batch_size=8)
+    loop_thread = threading.get_ident()
+    threads = []
+
+    def decoder(x):
+        def decode():
+            threads.append(threading.get_ident())
+            return [x]
+        return decode
+
+    def bad_decode():
+        raise ValueError("payload is 3 bytes; codec 'fp32' needs 8")
+
+    def finish(outputs):
+        threads.append(threading.get_ident())
+        return [float(o.sum()) for o in outputs]
+
+    def bad_finish(outputs):
+        raise RuntimeError("encode failed")
+
+    try:
+        b.submit("busy", [torch.zeros(1, 2)], 1)
+        _wait_until(lambda: b.in_flight == 1)
+        good = b.submit("k", decoder(torch.ones(1, 2)), 1, finish=finish)
+        bad = b.submit("k", bad_decode, 1, finish=finish)
+        other = b.submit("k", decoder(torch.full((1, 2), 3.0)), 1, finish=bad_finish)
+        gate.open.set()
+        res = good.result(10)
+        assert res.answer == [4.0, 2.0] and res.batch_rows == 2  # bad never joined the batch
+        assert res.decode_s >= 0 and res.encode_s >= 0
+        with pytest.raises(ValueError, match="payload is 3 bytes"):
+            bad.result(10)
+        with pytest.raises(RuntimeError, match="encode failed"):
+            other.result(10)
+        assert other.exception(10) is not None and threads
+        assert loop_thread not in threads  # decode and finish ran on the worker
+    finally:
+        gate.open.set()
+        b.close()
+
+
+def test_the_most_recently_idle_worker_takes_the_next_request():
+    threads = []
+
+    def run(key, tensors):
+        threads.append(threading.get_ident())
+        return tensors
+
+    b = Batcher(run, workers=3, max_batch_size=8)
+    try:
+        for _ in range(20):  # one at a time, as from one client
+            b.submit("k", [torch.ones(1, 1)], 1).result(10)
+            _wait_until(lambda: b.in_flight == 0)
+        assert len(set(threads[1:])) == 1  # its caches are warm: the same thread every time
+    finally:
+        b.close()

@@ -458,3 +458,25 @@ def test_property_round_trip_or_policy_refusal(x, name):
 def test_property_torch_and_numpy_inputs_agree(x):
     for name in ("int8+zstd", "bf16", "fp16+zstd"):
         assert get_codec(name).encode(torch.from_numpy(x)) == get_codec(name).encode(x)
+
+
+def test_copy_false_is_a_read_only_view_of_the_payload_where_the_values_are_as_sent():
+    from splitinfer.codec import check
+
+    x = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    for name in ("fp32", "raw"):
+        e = get_codec(name).encode(x, name="x")
+        view = decode(e, copy=False)
+        assert np.shares_memory(view, np.frombuffer(e.payload, np.uint8))
+        assert not view.flags.writeable and np.array_equal(view, x)
+        assert decode(e).flags.writeable  # the default still copies
+        t = decode_torch(e, copy=False)
+        assert torch.equal(t, torch.from_numpy(x))
+    for name in ("fp32+zstd", "fp16", "int8"):  # decoding makes new values: never a view
+        e = get_codec(name).encode(x, name="x")
+        assert decode(e, copy=False).flags.writeable
+    bad = EncodedTensor("x", "float32", (2, 3, 4), "fp32", b"\0" * 5)
+    with pytest.raises(CodecError, match="payload is 5 bytes"):
+        check(bad)  # check reads no payload but its length: the same message as decode
+    with pytest.raises(CodecError, match="payload is 5 bytes"):
+        decode(bad)

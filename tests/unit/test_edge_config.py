@@ -69,3 +69,15 @@ def test_bad_configuration_exits_2_naming_the_problem(capsys, argv, env, message
         parse_config(argv, env)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_torch_threads_default_to_the_cores_shared_out_among_the_workers(monkeypatch):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert EdgeConfig("/m", workers=2).threads_per_worker() == 4
+    assert EdgeConfig("/m", workers=3).threads_per_worker() == 2
+    assert EdgeConfig("/m", workers=16).threads_per_worker() == 1  # never 0
+    assert EdgeConfig("/m", workers=2, torch_threads=3).threads_per_worker() == 3  # given wins
+
+
+def test_batching_never_waits_by_default():
+    assert parse_config(["--model-repository", "/m"], {}).max_queue_delay_ms == 0.0

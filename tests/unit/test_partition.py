@@ -209,3 +209,21 @@ def test_partition_is_the_function_wherever_it_is_reached():
     assert splitinfer.partition is module.partition  # the package re-exports the function
     sm = splitinfer.partition(Chain().eval(), (torch.randn(1, 16),))
     assert isinstance(sm, splitinfer.SplitModel) and isinstance(sm, module.SplitModel)
+
+
+def test_exported_tails_never_write_their_inputs_and_in_place_graphs_are_told():
+    sm = splitinfer.partition(Chain().eval(), (torch.randn(2, 16),))
+    assert not any(sm.tail(c.id).writes_inputs for c in sm.cuts)  # torch.export: functional
+
+    class InPlace(nn.Module):
+        def forward(self, x):
+            return x.relu_() * 2
+
+    gm = torch.fx.symbolic_trace(InPlace())
+    from splitinfer.model.split_model import _Segment
+
+    assert _Segment(gm, 1, "tail", unwrap=True).writes_inputs
+    relu = torch.fx.symbolic_trace(nn.Sequential(nn.ReLU(inplace=True)))
+    assert _Segment(relu, 1, "tail", unwrap=True).writes_inputs
+    plain = torch.fx.symbolic_trace(nn.Sequential(nn.ReLU()))
+    assert not _Segment(plain, 1, "tail", unwrap=True).writes_inputs
