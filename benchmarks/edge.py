@@ -23,6 +23,9 @@ One run, side by side, against real ``splitinfer-edge`` processes on loopback:
    process with the node's thread setting. The tail there is tiny (mean + Linear(256, 10)) so
    compute noise does not swamp what is measured.
 
+Weights are random (timing only); inputs are real: scikit-learn's sample photos (china.jpg
+through VGG's features, flower.jpg's normalized pixels for the overhead's activation).
+
 Clients are grpc.aio coroutines in this process sending pre-serialized bytes (no protobuf work
 per call); the node runs in its own process. Both share this machine's cores; the tables show
 each side's CPU use so a saturated client is visible. Ends with PASS/FAIL against the targets.
@@ -60,6 +63,7 @@ from splitinfer.model.bundle import load_bundle, save_bundle  # noqa: E402
 from splitinfer.model.split_model import partition  # noqa: E402
 from splitinfer.model.tensors import decode_torch  # noqa: E402
 from splitinfer.tools.edgeproc import EdgeProcess, start_edge  # noqa: E402
+from splitinfer.tools.frames import normalized, sample_frames  # noqa: E402
 from splitinfer.wire import convert  # noqa: E402
 from splitinfer.wire.v1 import inference_pb2, probe_pb2  # noqa: E402
 
@@ -300,9 +304,13 @@ def run(args: argparse.Namespace, repo: Path) -> dict[str, Any]:
     total = 2 + len(MODES) * (2 + len(CONCURRENCY) * args.rounds)
     with Steps("edge benchmark", total) as steps:
         torch.manual_seed(0)
-        vgg = build_workload(torchvision.models.vgg16(), torch.randn(1, 3, 64, 64), "vgg16",
+        # real inputs (scikit-learn's sample photos), random weights: timing only
+        frame = torch.from_numpy(normalized(sample_frames(64)[0]))
+        vgg = build_workload(torchvision.models.vgg16(), frame, "vgg16",
                              "avgpool", repo)
-        wide = build_workload(Wide(), torch.randn(1, 100, 256), "wide", "input", repo)
+        pixels = torch.from_numpy(normalized(sample_frames(224)[9])).reshape(-1)
+        wide = build_workload(Wide(), pixels[:100 * 256].reshape(1, 100, 256).clone(), "wide",
+                              "input", repo)
         steps.advance(note="bundles written")
         rows = rows_table(vgg, 10 if args.quick else 30)
         steps.advance(note="the tail by batch rows")
@@ -401,8 +409,10 @@ def main(argv: list[str] | None = None) -> int:
             "node_flags": node_flags(args), "modes": {k: list(v) for k, v in MODES.items()},
             "seconds_per_point": args.seconds, "slices": args.rounds, "warmup_s": args.warmup,
             "quick": args.quick,
-            "load_model": "torchvision vgg16 (random weights) cut after avgpool",
-            "overhead_model": "mean(1) + Linear(256, 10) on a 1x100x256 fp32 input",
+            "load_model": "torchvision vgg16 (random weights) cut after avgpool, on a 64x64 crop "
+                          "of scikit-learn's china.jpg",
+            "overhead_model": "mean(1) + Linear(256, 10) on a 1x100x256 fp32 input (the first "
+                              "25,600 normalized pixel values of flower.jpg)",
             "wall_s": round(time.perf_counter() - started, 1)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"meta": meta, **res, "targets": targets, "pass": ok},
