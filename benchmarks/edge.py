@@ -58,6 +58,7 @@ from torch import nn  # noqa: E402
 from benchmarks import load  # noqa: E402
 from benchmarks.load import pct  # noqa: E402
 from benchmarks.progress import Steps  # noqa: E402
+from benchmarks.tailtime import time_ms  # noqa: E402
 from splitinfer.codec import get_codec  # noqa: E402
 from splitinfer.model.bundle import load_bundle, save_bundle  # noqa: E402
 from splitinfer.model.split_model import partition  # noqa: E402
@@ -201,18 +202,9 @@ def print_load_table(rows: dict[str, list[dict[str, Any]]]) -> None:
 
 # ---- 2. the node's own overhead ---------------------------------------------------------------
 
-def bare_compute(work: Workload, repeats: int) -> list[float]:
-    """Seconds per tail call in this process, one thread like the node's workers."""
-    tail, crossing = work.sm.tail(work.cut_id), work.crossing()
-    times = []
-    with torch.no_grad():
-        for _ in range(max(20, repeats // 10)):
-            tail(*crossing)
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            tail(*crossing)
-            times.append(time.perf_counter() - t0)
-    return times
+def bare_compute_ms(work: Workload, repeats: int) -> float:
+    """p50 ms per tail call in this process, one thread like the node's workers."""
+    return time_ms(work.sm.tail(work.cut_id), *work.crossing(), repeats=repeats)
 
 
 def echo_request(payload_len: int, reply_len: int) -> bytes:
@@ -240,14 +232,14 @@ def overhead(node: EdgeProcess, work: Workload, repeats: int) -> dict[str, Any]:
             probe(echo, timeout=60)
             rtt_infer.append(t1 - t0)
             rtt_probe.append(time.perf_counter() - t1)
-    compute = bare_compute(work, repeats)
+    compute_ms = bare_compute_ms(work, repeats)
     stages = [convert.parse_infer_response(inference_pb2.InferResponse.FromString(r)).timing
               for r in replies]
     p50 = statistics.median
     out = {"request_bytes": len(work.payload), "reply_bytes": len(reply),
            "echo_request_bytes": len(echo), "repeats": repeats,
            "infer_p50_ms": p50(rtt_infer) * 1e3, "infer_p99_ms": pct(rtt_infer, 0.99) * 1e3,
-           "echo_p50_ms": p50(rtt_probe) * 1e3, "compute_p50_ms": p50(compute) * 1e3}
+           "echo_p50_ms": p50(rtt_probe) * 1e3, "compute_p50_ms": compute_ms}
     out["overhead_p50_ms"] = out["infer_p50_ms"] - out["echo_p50_ms"] - out["compute_p50_ms"]
     for stage in ("decode", "queue", "compute", "encode"):
         out[f"server_{stage}_p50_ms"] = p50(getattr(t, f"{stage}_s") for t in stages) * 1e3

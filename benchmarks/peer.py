@@ -67,6 +67,7 @@ import torchvision  # noqa: E402
 
 from benchmarks.load import closed_loop, pct  # noqa: E402
 from benchmarks.progress import Steps  # noqa: E402
+from benchmarks.tailtime import time_ms  # noqa: E402
 from splitinfer.codec import get_codec  # noqa: E402
 from splitinfer.model.bundle import load_bundle, save_bundle  # noqa: E402
 from splitinfer.model.split_model import partition  # noqa: E402
@@ -251,22 +252,8 @@ def build_workload(name: str, label: str, model: torch.nn.Module, cut_name: str,
     return work
 
 
-def time_ms(fn: Any, x: torch.Tensor, repeats: int) -> float:
-    """Median ms of ``fn(x)`` under inference_mode, after a warm-up (the peer times its side
-    the same way, in benchmarks/peer_kserve.py)."""
-    times = []
-    with torch.inference_mode():
-        for _ in range(max(20, repeats // 10)):
-            fn(x)
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn(x)
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
-
-
 def bare_compute_ms(work: Workload, repeats: int) -> float:
-    return time_ms(work.sm.tail(work.cut_id), work.x, repeats)
+    return time_ms(work.sm.tail(work.cut_id), work.x, repeats=repeats)
 
 
 def check_ours(reply: bytes, work: Workload) -> None:
@@ -362,7 +349,8 @@ def layout_table(works: list[Workload], repeats: int) -> dict[str, dict[str, flo
         tail = work.sm.tail(work.cut_id, cache=False).to(memory_format=torch.channels_last)
         out[work.name] = {"default_ms": bare_compute_ms(work, repeats),
                           "channels_last_ms": time_ms(
-                              tail, work.x.to(memory_format=torch.channels_last), repeats)}
+                              tail, work.x.to(memory_format=torch.channels_last),
+                              repeats=repeats)}
     return out
 
 

@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from tailtime import time_ms  # this script's folder: benchmarks/tailtime.py
 
 
 def _request_bytes(name: str, x: np.ndarray) -> bytes:
@@ -39,18 +38,6 @@ def _request_bytes(name: str, x: np.ndarray) -> bytes:
     msg = pb.ModelInferRequest(model_name=name, id="bench", inputs=[tensor],
                                raw_input_contents=[np.ascontiguousarray(x).tobytes()])
     return bytes(msg.SerializeToString())
-
-
-def _bare_compute(module: Any, x: torch.Tensor, repeats: int) -> list[float]:
-    times = []
-    with torch.inference_mode():
-        for _ in range(max(20, repeats // 10)):
-            module(x)
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            module(x)
-            times.append(time.perf_counter() - t0)
-    return times
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -88,9 +75,9 @@ def serve(args: argparse.Namespace) -> int:
         name = path.stem
         x = np.load(args.dir / f"{name}.npy")
         model = Tail(name, path)
-        times = _bare_compute(model.module, torch.from_numpy(x), args.repeats)
+        p50_ms = time_ms(model.module, torch.from_numpy(x), repeats=args.repeats)
         (args.dir / f"{name}.compute.json").write_text(json.dumps(
-            {"p50_ms": statistics.median(times) * 1e3, "repeats": len(times),
+            {"p50_ms": p50_ms, "repeats": args.repeats,
              "torch": torch.__version__, "kserve": kserve.__version__ if hasattr(
                  kserve, "__version__") else "", "torch_threads": torch.get_num_threads()}))
         (args.dir / f"{name}.request.bin").write_bytes(_request_bytes(name, x))

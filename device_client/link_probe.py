@@ -6,7 +6,8 @@ edge's own time), so what is fitted, ``seconds = rtt + bytes * 8 / bandwidth``
 so a 1 Mbit/s link is measured in about a second and a 1 Gbit/s one still sees real transfers.
 When even the largest probe's transfer time is lost in the round trips' noise (loopback, a busy
 machine), the fit has no slope to find: the link is then taken as "at least this fast"
-(``splitinfer.core.link.bounded_link``), never refused; the client's live estimate refines it from real requests.
+(``splitinfer.core.link.bounded_link``), never refused; the client's live estimate refines it
+from real requests.
 """
 
 from __future__ import annotations
