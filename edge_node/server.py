@@ -21,11 +21,13 @@ from grpc_reflection.v1alpha import reflection
 
 from splitinfer import transport
 from splitinfer.core.errors import SplitInferError
+from splitinfer.wire.oip import grpc_service_pb2_grpc as oip_pb2_grpc
 from splitinfer.wire.v1 import service_pb2, service_pb2_grpc
 
 from .batcher import Batcher
 from .config import EdgeConfig
 from .metrics import EdgeMetrics
+from .oip import OipServicer
 from .runtime import LoadedModel, ModelRepository
 from .servicer import EdgeServicer, make_run
 
@@ -114,6 +116,8 @@ class EdgeNode:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self.servicer: EdgeServicer | None = None
+        #: every model loaded and (with --wait-for-profile) profiled: health "" is SERVING
+        self.ready = False
         # gauges read live values at scrape time, so they are never stale between batches
         self.metrics.queue_depth.set_function(lambda: self.batcher.queue_depth)
 
@@ -154,6 +158,9 @@ class EdgeNode:
             keepalive_time_s=cfg.keepalive_time_s, keepalive_timeout_s=cfg.keepalive_timeout_s))
         self.servicer = EdgeServicer(self.repo, self.batcher, cfg, self.metrics)
         service_pb2_grpc.add_EdgeInferenceServicer_to_server(self.servicer, server)
+        # the Open Inference Protocol on the same port (same token, TLS, limits, batcher)
+        oip_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+            OipServicer(self.repo, self.servicer, lambda: self.ready), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         names = (service_pb2.DESCRIPTOR.services_by_name["EdgeInference"].full_name,
                  health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
@@ -224,6 +231,7 @@ class EdgeNode:
             for model in models:
                 await loop.run_in_executor(None, model.profiled.wait)
         if not self._stopping:
+            self.ready = True
             await self.health.set("", SERVING)
             log.info("edge node ready")
 

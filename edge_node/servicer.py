@@ -11,7 +11,8 @@ import asyncio
 import logging
 import time
 import uuid
-from typing import TYPE_CHECKING, Any, AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Sequence, TypeVar
 
 import grpc
 import torch
@@ -34,6 +35,19 @@ log = logging.getLogger(__name__)
 
 #: most requests one InferStream keeps in progress before it stops reading more
 STREAM_WINDOW = 64
+
+Req = TypeVar("Req")
+Rep = TypeVar("Rep")
+
+
+@dataclass(frozen=True)
+class InferAnswer:
+    """What one request got: the model version that ran, its encoded outputs, the stage times."""
+
+    model: str
+    version: str
+    outputs: tuple[EncodedTensor, ...]
+    timing: StageTiming
 
 if TYPE_CHECKING:  # grpc's classes are not generic at run time
     from typing import TypeAlias
@@ -66,15 +80,20 @@ class EdgeServicer(service_pb2_grpc.EdgeInferenceServicer):
         #: client never sees the CANCELLED that a call racing the server's own stop can get
         self.draining = False
 
-    # -- Infer --------------------------------------------------------------------------------
-    async def _infer(self, request: inference_pb2.InferRequest,
-                     context: _InferContext) -> inference_pb2.InferResponse:
-        t0 = time.perf_counter()
+    def check_open(self) -> None:
+        """Raise ShuttingDown once the node drains (UNAVAILABLE: the client retries elsewhere)."""
         if self.draining:
             raise ShuttingDown(f"{ShuttingDown.PREFIX} and takes no new requests; retry on "
                                "another node")
-        call = convert.parse_infer_request(request)
-        request_id = call.request_id or uuid.uuid4().hex
+
+    # -- Infer --------------------------------------------------------------------------------
+    async def infer_call(self, call: convert.InferCall, time_remaining: float | None, *,
+                         fingerprint_required: bool = True) -> InferAnswer:
+        """One parsed request, from any protocol: check, batch, run, encode; counted in the
+        metrics. ``fingerprint_required=False``: an empty ``call.fingerprint`` is not checked
+        (the Open Inference Protocol's is optional)."""
+        t0 = time.perf_counter()
+        self.check_open()
         try:
             model = self.repo.get(call.model, call.version)
         except NotFound:
@@ -83,7 +102,8 @@ class EdgeServicer(service_pb2_grpc.EdgeInferenceServicer):
             raise
         labels = (model.name, model.version, call.cut_id)
         try:
-            if call.fingerprint != model.fingerprint:
+            if (fingerprint_required or call.fingerprint) \
+                    and call.fingerprint != model.fingerprint:
                 raise FingerprintMismatch(
                     f"request fingerprint {call.fingerprint[:16] or '(none)'}… is not the "
                     f"fingerprint of {model.name} v{model.version} ({model.fingerprint[:16]}…): "
@@ -111,8 +131,7 @@ class EdgeServicer(service_pb2_grpc.EdgeInferenceServicer):
             def encode(outputs: tuple[torch.Tensor, ...]) -> list[EncodedTensor]:
                 return [codec.encode(t, name=spec.name) for t, spec in zip(outputs, specs)]
 
-            remaining = context.time_remaining()
-            deadline = time.monotonic() + remaining if remaining is not None else None
+            deadline = time.monotonic() + time_remaining if time_remaining is not None else None
             first = call.tensors[0].shape
             rows = int(first[0]) if first else 1
             key = (model.name, model.version, cut.id,
@@ -130,11 +149,19 @@ class EdgeServicer(service_pb2_grpc.EdgeInferenceServicer):
             self.metrics.observe_request(*labels, status_of(exc)[0].name)
             raise
         self.metrics.observe_request(*labels, "OK", timing)
-        log.debug("infer ok", extra={"request_id": request_id, "model": model.name,
+        log.debug("infer ok", extra={"request_id": call.request_id, "model": model.name,
                                      "model_version": model.version, "cut": cut.id,
                                      "batch_rows": result.batch_rows})
-        return convert.build_infer_response(request_id=request_id, outputs=outputs,
-                                            timing=timing, version=model.version)
+        return InferAnswer(model.name, model.version, tuple(outputs), timing)
+
+    async def _infer(self, request: inference_pb2.InferRequest,
+                     context: _InferContext) -> inference_pb2.InferResponse:
+        self.check_open()  # before parsing: a draining node refuses whatever it is sent
+        call = convert.parse_infer_request(request)
+        request_id = call.request_id or uuid.uuid4().hex
+        answer = await self.infer_call(call, context.time_remaining())
+        return convert.build_infer_response(request_id=request_id, outputs=answer.outputs,
+                                            timing=answer.timing, version=answer.version)
 
     async def Infer(self, request: inference_pb2.InferRequest,
                     context: _InferContext) -> inference_pb2.InferResponse:
@@ -171,31 +198,9 @@ class EdgeServicer(service_pb2_grpc.EdgeInferenceServicer):
                           context: _InferContext
                           ) -> AsyncIterator[inference_pb2.InferResponse]:
         """Answers in request order; up to STREAM_WINDOW requests are worked on at once."""
-        pending: asyncio.Queue[Any] = asyncio.Queue(maxsize=STREAM_WINDOW)
-        done = object()
-
-        async def read() -> None:
-            async for request in request_iterator:
-                await pending.put(asyncio.ensure_future(self._stream_item(request, context)))
-            await pending.put(done)
-
-        reader = asyncio.ensure_future(read())
-        try:
-            while True:
-                getter = asyncio.ensure_future(pending.get())
-                await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
-                if not getter.done():  # the reader ended (or failed) with nothing queued
-                    getter.cancel()
-                    reader.result()
-                    if pending.empty():
-                        return
-                    getter = asyncio.ensure_future(pending.get())
-                item = await getter
-                if item is done:
-                    return
-                yield await item
-        finally:
-            reader.cancel()
+        async for reply in ordered_stream(request_iterator,
+                                          lambda r: self._stream_item(r, context)):
+            yield reply
 
     # -- GetModelInfo and Probe ---------------------------------------------------------------
     async def GetModelInfo(self, request: model_pb2.ModelInfoRequest,
@@ -230,6 +235,38 @@ class EdgeServicer(service_pb2_grpc.EdgeInferenceServicer):
                                        payload=bytes(request.response_bytes),
                                        received_bytes=len(request.payload),
                                        server_s=time.perf_counter() - start)
+
+
+async def ordered_stream(requests: AsyncIterator[Req],
+                         handle: Callable[[Req], Awaitable[Rep]]) -> AsyncIterator[Rep]:
+    """``handle(request)`` for each request, answered in request order, up to STREAM_WINDOW of
+    them at once (the reading stops while the window is full). ``handle`` never raises for one
+    request's fault: it answers with the error (a stream goes on after a bad frame)."""
+    pending: asyncio.Queue[Any] = asyncio.Queue(maxsize=STREAM_WINDOW)
+    done = object()
+
+    async def read() -> None:
+        async for request in requests:
+            await pending.put(asyncio.ensure_future(handle(request)))
+        await pending.put(done)
+
+    reader = asyncio.ensure_future(read())
+    try:
+        while True:
+            getter = asyncio.ensure_future(pending.get())
+            await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
+            if not getter.done():  # the reader ended (or failed) with nothing queued
+                getter.cancel()
+                reader.result()
+                if pending.empty():
+                    return
+                getter = asyncio.ensure_future(pending.get())
+            item = await getter
+            if item is done:
+                return
+            yield await item
+    finally:
+        reader.cancel()
 
 
 def make_run(repo: ModelRepository, device: str) -> RunFn:
