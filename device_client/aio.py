@@ -35,6 +35,7 @@ from splitinfer.core.timing import StageTiming
 from .device import Device
 from .edges import Edge, EdgePool, EdgeState, GrpcEdge
 from .maintenance import Maintenance
+from .oip_edge import OipEdge
 from .options import ClientArgs, ClientOptions, EdgeSpec, edge_list
 from .planning import ClientPlan, load_device_profile
 from .request_path import RequestPath
@@ -120,7 +121,8 @@ class AsyncSplitClient(ClientArgs):
                 raise ValueError("head='onnx' has no profile to choose a codec from: give "
                                  "codec= explicitly (e.g. codec='int8+zstd')")
             profile = load_device_profile(o.device_profile, runner.manifest.fingerprint)
-            self._pool = pool = EdgePool([_as_edge(e, o) for e in self._edge_specs], o.breaker)
+            self._pool = pool = EdgePool([_as_edge(e, o, runner.manifest)
+                                          for e in self._edge_specs], o.breaker)
             self._session = session = Session(o, runner.manifest, runner, cut_id, profile,
                                               self._stats)
             self._path = RequestPath(session, pool, device, self._stats)
@@ -289,8 +291,10 @@ class AsyncSplitClient(ClientArgs):
         return session.plan_for(cut_id, codec)
 
 
-def _as_edge(spec: EdgeSpec, options: ClientOptions) -> Edge:
+def _as_edge(spec: EdgeSpec, options: ClientOptions, manifest: Manifest) -> Edge:
     if isinstance(spec, str):
+        if options.protocol == "oip":
+            return OipEdge(spec, manifest, tls=options.tls, token=options.token)
         return GrpcEdge(spec, tls=options.tls, token=options.token)
     return spec
 

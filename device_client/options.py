@@ -16,12 +16,18 @@ from splitinfer.codec import get_codec
 from splitinfer.core.planner import OBJECTIVES, Constraints
 from splitinfer.core.profiles import DeviceProfile
 from splitinfer.transport import TLS, as_tls
+from splitinfer.wire.oip_convert import OIP_CODECS
 
 from .breaker import BreakerPolicy
 from .edges import Edge
 from .planning import DEFAULT_CLIENT_CODECS
 
 __all__ = ["ClientOptions", "ClientArgs", "EdgeSpec"]
+
+#: what the client speaks to its edges: our own protocol, or the Open Inference Protocol
+PROTOCOLS = ("splitinfer", "oip")
+#: the codecs planned over with protocol="oip" when ``codecs`` is left at its default
+DEFAULT_OIP_CODECS = ("fp32", "fp16", "int8")
 
 #: an edge as given: a gRPC target ("host:port", "dns:///name:port") or an ``Edge`` object
 EdgeSpec = str | Edge
@@ -54,6 +60,7 @@ class ClientOptions:
     threads: int | None = None
     device_slowdown: float = 1.0
     track_device_speed: bool = True
+    protocol: str = "splitinfer"
 
     def __post_init__(self) -> None:
         for name in ("deadline_s", "connect_timeout_s", "probe_interval_s", "refresh_s"):
@@ -90,6 +97,22 @@ class ClientOptions:
         for name in self.codecs:
             get_codec(name)
         object.__setattr__(self, "codecs", tuple(self.codecs))
+        _one_of("protocol", self.protocol, PROTOCOLS)
+        if self.protocol == "oip":
+            self._oip_codecs()
+
+    def _oip_codecs(self) -> None:
+        """Over the Open Inference Protocol only codecs with an OIP form can travel."""
+        if self.codec != "auto" and get_codec(self.codec).name not in OIP_CODECS:
+            raise ValueError(f"codec {self.codec!r} has no Open Inference Protocol form; with "
+                             f"protocol='oip' use one of {list(OIP_CODECS)}")
+        if self.codecs == DEFAULT_CLIENT_CODECS:
+            object.__setattr__(self, "codecs", DEFAULT_OIP_CODECS)
+            return
+        bad = [c for c in self.codecs if get_codec(c).name not in OIP_CODECS]
+        if bad:
+            raise ValueError(f"codecs {bad} have no Open Inference Protocol form; with "
+                             f"protocol='oip' plan over {list(OIP_CODECS)}")
         if self.tls is not None and not isinstance(self.tls, TLS):
             raise ValueError(f"tls is {self.tls!r}; expected None or a TLS (as_tls reads the "
                              f"other forms)")
@@ -131,7 +154,7 @@ class ClientArgs:
                  refresh_s: float = 10.0, breaker: BreakerPolicy | None = None,
                  connect_timeout_s: float = 10.0, max_profile_cuts: int = 24,
                  threads: int | None = None, device_slowdown: float = 1.0,
-                 track_device_speed: bool = True) -> None:
+                 track_device_speed: bool = True, protocol: str = "splitinfer") -> None:
         """Check every argument (``ValueError`` naming a bad one) before anything connects.
 
         ``bundle``: the bundle directory (or, with ``head="onnx"``, a folder with
@@ -161,7 +184,11 @@ class ClientArgs:
         the profile measured at connect is that device's); 1 = off. ``track_device_speed``: time
         the device's work on every request against its profile and re-plan when it runs more
         than 1.25x slower or faster than the plan assumed; turn it off when ``device_profile``
-        is a what-if for another device.
+        is a what-if for another device. ``protocol``: "splitinfer" (our edge node) or "oip":
+        the Open Inference Protocol (KServe v2 gRPC), to use a KServe or Triton server that
+        serves the bundle's tails under the names ``<bundle>`` and ``<bundle>.cut<ID>``, or a
+        splitinfer node's OIP service (``device_client.oip_edge``); codecs then are fp32,
+        fp16, bf16 and int8 (``codecs`` defaults to fp32, fp16, int8).
         """
         options = ClientOptions(
             cut=cut, codec=codec, deadline_s=deadline_s, fallback=fallback, tls=as_tls(tls),
@@ -171,7 +198,8 @@ class ClientArgs:
             background=background, probe_interval_s=probe_interval_s, refresh_s=refresh_s,
             breaker=breaker or BreakerPolicy(), connect_timeout_s=connect_timeout_s,
             max_profile_cuts=max_profile_cuts, threads=threads,
-            device_slowdown=device_slowdown, track_device_speed=track_device_speed)
+            device_slowdown=device_slowdown, track_device_speed=track_device_speed,
+            protocol=protocol)
         self._configure(Path(bundle), edge_list(edges), options)
 
     def _configure(self, bundle: Path, edges: list[EdgeSpec], options: ClientOptions) -> None:

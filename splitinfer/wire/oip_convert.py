@@ -44,7 +44,7 @@ from splitinfer.core.timing import StageTiming
 from splitinfer.wire.oip import grpc_service_pb2 as pb
 
 __all__ = [
-    "DATATYPES", "DTYPES_OF", "QUANT_PARAMS", "TIMING_PARAMS", "OipCall", "model_name",
+    "DATATYPES", "DTYPES_OF", "OIP_CODECS", "QUANT_PARAMS", "TIMING_PARAMS", "OipCall", "model_name",
     "parse_model_name", "parse_infer_request", "build_infer_request", "build_infer_response",
     "parse_infer_response", "build_model_metadata", "parse_model_metadata", "tensor_metadata",
 ]
@@ -59,6 +59,9 @@ DATATYPES: dict[str, str] = {
 DTYPES_OF: dict[str, str] = {v: k for k, v in DATATYPES.items()}
 #: tensor parameters of a quantized (UINT8/INT8) float input
 QUANT_PARAMS = ("scale", "zero_point", "axis", "scales", "zero_points")
+#: the codecs whose payloads have an OIP form (:func:`build_infer_request`); zstd and the image
+#: codecs have none
+OIP_CODECS = ("raw", "fp32", "fp16", "bf16", "int8")
 #: response parameters with the node's stage times, in seconds
 TIMING_PARAMS = ("queue_s", "decode_s", "compute_s", "encode_s")
 
