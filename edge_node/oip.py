@@ -133,7 +133,11 @@ class OipServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     async def _infer(self, request: pb.ModelInferRequest, context: _Context
                      ) -> pb.ModelInferResponse:
         self.core.check_open()
-        model, cut_id = self.resolve(request.model_name, request.model_version)
+        try:
+            model, cut_id = self.resolve(request.model_name, request.model_version)
+        except NotFound:  # counted as our protocol counts it: one label for unknown names
+            self.core.metrics.observe_request("(unknown)", "", 0, "NOT_FOUND")
+            raise
         cut = model.cut(cut_id)
         specs = {t.name: t for t in cut.tensors}
         call = oip.parse_infer_request(request, specs, [t.name for t in cut.tensors])

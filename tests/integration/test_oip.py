@@ -388,3 +388,21 @@ def test_a_draining_node_is_not_ready_and_refuses_with_unavailable(nodes, bundle
         assert status(err) == "UNAVAILABLE" and "shutting down" in err.message()
     finally:
         client.close()
+
+
+def test_oip_requests_are_counted_in_the_metrics(client, main_node, bundles):
+    registry = main_node.node.metrics.registry
+
+    def count(**labels) -> float:
+        return registry.get_sample_value("splitinfer_edge_requests_total", labels) or 0.0
+
+    ok = dict(model="resnet18", version="1", cut="2", status="OK")
+    bad = dict(model="resnet18", version="1", cut="2", status="INVALID_ARGUMENT")
+    unknown = dict(model="(unknown)", version="", cut="0", status="NOT_FOUND")
+    before = count(**ok), count(**bad), count(**unknown)
+    (t,) = bundles.resnet.head(2)(image(8))
+    name = bundles.resnet.cuts[2].tensors[0].name
+    client.infer("resnet18.cut2", [fp32_input(name, t)])
+    refused(lambda: client.infer("resnet18.cut2", [fp32_input(name, t[:, :1])]))
+    refused(lambda: client.infer("nosuch", [fp32_input(name, t)]))
+    assert (count(**ok), count(**bad), count(**unknown)) == tuple(b + 1 for b in before)
