@@ -85,7 +85,7 @@ from splitinfer.wire.v1 import inference_pb2  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "peer.json"
 DEFAULT_PEER_VENV = ROOT / ".bench" / "kserve-venv"
-PEER_PACKAGES = ("torch==2.14.1", "kserve==0.21.0")
+PEER_PACKAGES = ("torch==2.14.1", "kserve==0.21.0", "onnxruntime==1.32.0")
 INFER = "/splitinfer.v1.EdgeInference/Infer"
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 ECHO = "/bench.Echo/Reply"  # + the reply's length in bytes

@@ -106,13 +106,16 @@ class OipEdge:
             response_deserializer=pb.ServerLiveResponse.FromString)
         #: measured tail seconds per (version, cut id): measured once per version
         self._tail_s: dict[str, dict[int, float]] = {}
+        #: the server lists no model versions (KServe): requests name none
+        self._versionless = False
 
     # -- the Edge seam ------------------------------------------------------------------------
     async def infer(self, request: inference_pb2.InferRequest, timeout: float
                     ) -> inference_pb2.InferResponse:
         call = convert.parse_infer_request(request)
         message = oip.build_infer_request(oip.model_name(call.model, call.cut_id), call.tensors,
-                                          version=call.version, request_id=call.request_id,
+                                          version="" if self._versionless else call.version,
+                                          request_id=call.request_id,
                                           fingerprint=call.fingerprint)
         reply = await self._call(self._stub.ModelInfer, message, timeout)
         outputs, timing = oip.parse_infer_response(reply)
@@ -127,21 +130,27 @@ class OipEdge:
         m = self.manifest
         if model != m.name:
             raise NotFound(f"this OIP edge was made for {m.name}, not {model!r}")
-        served = await self._served_cuts(version, timeout)
+        # a versionless server is asked for no version (ours, by name, is the one it serves)
+        ask = "" if self._versionless else version
+        served = await self._served_cuts(ask, timeout)
         if not served:
             raise NotFound(
                 f"edge {self.address} serves none of {m.name}'s cuts (OIP names {m.name} for "
                 f"the whole model, {m.name}.cut<ID> for the tail after a cut, with the tensors "
                 f"that cross it{f', version {version}' if version else ''})")
         meta = await self._call(self._stub.ModelMetadata, pb.ModelMetadataRequest(
-            name=oip.model_name(m.name, min(served)), version=version), timeout)
+            name=oip.model_name(m.name, min(served)), version=ask), timeout)
         try:
             _, outputs = oip.parse_model_metadata(meta)
         except WireError as exc:
             raise ServingError(f"edge {self.address}: {exc}", code="FAILED_PRECONDITION"
                                ) from None
         versions = tuple(meta.versions)
-        chosen = version or (max(versions, key=_version_key) if versions else "")
+        # a server without versions (KServe's ModelServer) serves "the" model: ours, by name
+        self._versionless = not versions
+        if self._versionless:
+            versions = (m.version,)
+        chosen = version or max(versions, key=_version_key)
         if chosen not in self._tail_s:
             self._tail_s[chosen] = await self._measure_tails(chosen, sorted(served), timeout)
         return convert.ModelInfo(
@@ -215,7 +224,8 @@ class OipEdge:
         async def one(cut: Cut) -> float | None:
             tensors = [_zeros(spec) for spec in cut.tensors]
             message = oip.build_infer_request(oip.model_name(self.manifest.name, cut.id),
-                                              tensors, version=version,
+                                              tensors,
+                                              version="" if self._versionless else version,
                                               request_id=uuid.uuid4().hex,
                                               fingerprint=self.manifest.fingerprint)
             best: float | None = None
