@@ -1,12 +1,14 @@
 """Closed-loop load over gRPC, shared by the benchmarks: ``clients`` coroutines, each sending its
 next request when the last one is answered, pre-serialized bytes in and out (no protobuf work
-per call), latencies kept for the answers that arrive inside the measured window."""
+per call; :func:`closed_loop_calls`: any awaitable call instead, a client library's own),
+latencies kept for the answers that arrive inside the measured window."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 import grpc
 
@@ -27,31 +29,41 @@ async def closed_loop(address: str, method: str, payload: bytes, clients: int,
     async with grpc.aio.insecure_channel(address, options=options) as channel:
         call = channel.unary_unary(method)
         await call(payload, timeout=60)
-        loop = asyncio.get_running_loop()
-        begin = loop.time() + warmup_s
-        end = begin + measure_s
-        latencies: list[float] = []
-        marks: list[dict[str, float]] = []
+        return await closed_loop_calls(functools.partial(call, payload, timeout=60), clients,
+                                       warmup_s, measure_s, sample)
 
-        async def client() -> None:
-            while loop.time() < end:
-                t0 = loop.time()
-                await call(payload, timeout=60)
-                t1 = loop.time()
-                if begin <= t1 <= end:  # answered in the window, whenever it was sent
-                    latencies.append(t1 - t0)
 
-        def mark() -> dict[str, float]:
-            return {"client_cpu": time.process_time(), "machine_cpu": machine_busy_seconds(),
-                    **(sample() if sample is not None else {})}
+async def closed_loop_calls(call: Callable[[], Awaitable[Any]], clients: int, warmup_s: float,
+                            measure_s: float,
+                            sample: Callable[[], dict[str, float]] | None = None
+                            ) -> dict[str, Any]:
+    """:func:`closed_loop` over any awaitable call (a client library's own ``infer``, say):
+    ``clients`` coroutines each awaiting ``call()`` again as soon as it returns."""
+    loop = asyncio.get_running_loop()
+    begin = loop.time() + warmup_s
+    end = begin + measure_s
+    latencies: list[float] = []
+    marks: list[dict[str, float]] = []
 
-        async def meter() -> None:
-            await asyncio.sleep(begin - loop.time())
-            marks.append(await loop.run_in_executor(None, mark))
-            await asyncio.sleep(end - loop.time())
-            marks.append(await loop.run_in_executor(None, mark))
+    async def client() -> None:
+        while loop.time() < end:
+            t0 = loop.time()
+            await call()
+            t1 = loop.time()
+            if begin <= t1 <= end:  # answered in the window, whenever it was sent
+                latencies.append(t1 - t0)
 
-        await asyncio.gather(meter(), *(client() for _ in range(clients)))
+    def mark() -> dict[str, float]:
+        return {"client_cpu": time.process_time(), "machine_cpu": machine_busy_seconds(),
+                **(sample() if sample is not None else {})}
+
+    async def meter() -> None:
+        await asyncio.sleep(begin - loop.time())
+        marks.append(await loop.run_in_executor(None, mark))
+        await asyncio.sleep(end - loop.time())
+        marks.append(await loop.run_in_executor(None, mark))
+
+    await asyncio.gather(meter(), *(client() for _ in range(clients)))
     return {"latencies": latencies, "seconds": measure_s,
             **{k: marks[1][k] - marks[0][k] for k in marks[0]}}
 

@@ -29,6 +29,14 @@ slices (a neighbour's load hits all alike):
 - ``grpc floor`` — a bare grpc.aio server answering each request (as many bytes as our Infer
   request) with as many bytes as our Infer answer: what grpcio itself costs for those bytes.
 
+Then the same client on both sides, as a user would write it: ``tritonclient.grpc.aio``'s
+``InferenceServerClient.infer`` (from our venv; a request built and an answer parsed per call)
+against the node's Open Inference Protocol service (model ``<bundle>.cut<ID>``, or the bundle's
+name for cut 0: the light tails) and against KServe (its model names as ``peer_kserve.py``
+registers them), the same FP32 activation as raw_input_contents, each side's answer checked
+once against the local tail first, measured in the same alternating slices as the byte clients
+(``--skip-tritonclient`` leaves this out).
+
 Per workload: p50/p95 latency and req/s at 1/4/16/64 closed-loop clients; at 1 client the
 overhead over bare compute (p50 latency minus the tail's p50 alone, each side's measured in its
 own process, one thread), the tail's mean time inside each server (each server's own metrics)
@@ -46,6 +54,8 @@ for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
 
 import argparse  # noqa: E402
 import asyncio  # noqa: E402
+import functools  # noqa: E402
+import importlib.metadata  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import shlex  # noqa: E402
@@ -65,7 +75,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torchvision  # noqa: E402
 
-from benchmarks.load import closed_loop, pct  # noqa: E402
+from benchmarks.load import closed_loop, closed_loop_calls, pct  # noqa: E402
 from benchmarks.progress import Steps  # noqa: E402
 from benchmarks.tailtime import time_ms  # noqa: E402
 from splitinfer.codec import get_codec  # noqa: E402
@@ -79,7 +89,7 @@ from splitinfer.tools.edgeproc import (  # noqa: E402
     wait_for,
 )
 from splitinfer.tools.frames import normalized, sample_frames  # noqa: E402
-from splitinfer.wire import convert  # noqa: E402
+from splitinfer.wire import convert, oip_convert  # noqa: E402
 from splitinfer.wire.v1 import inference_pb2  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,6 +101,8 @@ MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 ECHO = "/bench.Echo/Reply"  # + the reply's length in bytes
 CONCURRENCY = (1, 4, 16, 64)
 SIDES = ("splitinfer", "kserve", "grpc floor")
+#: the tritonclient mode's servers: the node's OIP service and KServe's, the same client on both
+TRITON_SIDES = ("splitinfer", "kserve")
 NODE_FLAGS = ("--profile-tails", "false", "--log-level", "WARNING")
 TARGET_OVERHEAD = 0.5   # our overhead / KServe's, 1 client, both workloads
 TARGET_RPS_1 = 1.2      # our req/s / KServe's at 1 client
@@ -272,6 +284,86 @@ def check_peer(reply: bytes, work: Workload, python: Path, tmp: Path) -> None:
         raise RuntimeError(f"{work.name}: KServe's answer differs from the local tail")
 
 
+# ---- the same client on both sides: tritonclient ---------------------------------------------
+
+def triton_targets(work: Workload) -> dict[str, tuple[str, str]]:
+    """(model name, input name) of ``work``'s tail on each server: the node's OIP name of the
+    cut and the cut's tensor, KServe's model as ``peer_kserve.py`` registers it (the tail's name)
+    with the input name its own replayed request uses (its predict reads the first input)."""
+    return {"splitinfer": (oip_convert.model_name(work.name, work.cut_id),
+                           work.sm.cuts[work.cut_id].tensors[0].name),
+            "kserve": (work.name, "input-0")}
+
+
+def _triton_input(name: str, x: np.ndarray) -> Any:
+    import tritonclient.grpc as tc
+
+    inp = tc.InferInput(name, list(x.shape), "FP32")
+    inp.set_data_from_numpy(np.ascontiguousarray(x, dtype=np.float32))  # raw_input_contents
+    return inp
+
+
+def check_triton(address: str, model: str, input_name: str, work: Workload) -> float:
+    """One tritonclient call; raises unless the answer is the local tail's (rtol 1e-4, atol
+    1e-5, as the byte checks); returns the largest |difference|."""
+    import tritonclient.grpc as tc
+
+    client = tc.InferenceServerClient(address)
+    try:
+        result = client.infer(model, [_triton_input(input_name, work.x.numpy())],
+                              client_timeout=60)
+    finally:
+        client.close()
+    out = result.get_response().outputs[0].name
+    got = torch.from_numpy(result.as_numpy(out).copy())
+    if got.shape != work.expected.shape or not torch.allclose(got, work.expected, rtol=1e-4,
+                                                              atol=1e-5):
+        raise RuntimeError(f"{work.name}: tritonclient's answer from {model!r} at {address} "
+                           "differs from the local tail")
+    return float((got - work.expected).abs().max())
+
+
+async def triton_loop(address: str, model: str, input_name: str, x: np.ndarray, clients: int,
+                      warmup_s: float, measure_s: float) -> dict[str, Any]:
+    """:func:`closed_loop_calls` with tritonclient.grpc.aio's ``infer`` (one client, one
+    channel, as ``closed_loop`` has one): what a user's code pays per call on either server."""
+    import tritonclient.grpc.aio as tca
+
+    client = tca.InferenceServerClient(address)
+    try:
+        call = functools.partial(client.infer, model, [_triton_input(input_name, x)],
+                                 client_timeout=60)
+        await call()
+        return await closed_loop_calls(call, clients, warmup_s, measure_s)
+    finally:
+        await client.close()
+
+
+def check_triton_all(work: Workload, address: dict[str, str]) -> dict[str, float]:
+    """Each side's tritonclient answer for ``work`` checked once (largest |diff| per side)."""
+    targets = triton_targets(work)
+    return {side: check_triton(address[side], *targets[side], work) for side in TRITON_SIDES}
+
+
+def triton_slice(work: Workload, side: str, address: dict[str, str], clients: int,
+                 args: argparse.Namespace) -> dict[str, Any]:
+    """One measured slice of the tritonclient mode: ``clients`` tritonclient callers on
+    ``side``'s server, in the same rounds as the byte clients' slices (alternating, so the
+    machine's drift hits every side alike)."""
+    model, input_name = triton_targets(work)[side]
+    return asyncio.run(triton_loop(address[side], model, input_name, work.x.numpy(), clients,
+                                   args.warmup, args.seconds / args.rounds))
+
+
+def triton_result(work: Workload, checked: dict[str, float],
+                  load: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """The tritonclient mode's part of a workload's results (ratios: :func:`derive`)."""
+    targets = triton_targets(work)
+    return {"models": {side: targets[side][0] for side in TRITON_SIDES},
+            "inputs": {side: targets[side][1] for side in TRITON_SIDES},
+            "max_abs_diff": checked, "load": load}
+
+
 # ---- load ------------------------------------------------------------------------------------
 
 def compute_counters(side: str, url: str, model: str) -> tuple[float, float]:
@@ -360,7 +452,9 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     repo, peer_dir = tmp / "repo", tmp / "peer"
     repo.mkdir()
     peer_dir.mkdir()
-    total = 3 + len(args.clients) * 2 * args.rounds * len(SIDES)
+    per_workload = len(args.clients) * args.rounds * (
+        len(SIDES) + (0 if args.skip_tritonclient else len(TRITON_SIDES)))
+    total = 3 + 4 * per_workload  # four workloads
     with Steps("peer benchmark", total) as steps:
         python = ensure_peer_venv(args.peer_venv)
         steps.advance(note="peer venv ready")
@@ -414,8 +508,10 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 "grpc floor", [sys.executable, "-m", "benchmarks.peer", "--echo-server",
                                str(eport)], eaddr, tmp / "echo.log",
                 lambda: _answers(eaddr, ECHO + "1", b"x"))
-            steps.advance(note="servers up, answers checked")
             address = {"splitinfer": node.address, "kserve": kaddr, "grpc floor": eaddr}
+            triton_checked = {} if args.skip_tritonclient else {
+                work.name: check_triton_all(work, address) for work in works}
+            steps.advance(note="servers up, answers checked")
             metrics = {"splitinfer": f"http://127.0.0.1:{node.metrics_port}/metrics",
                        "kserve": f"http://127.0.0.1:{hport}/metrics"}
             results: dict[str, Any] = {}
@@ -423,9 +519,11 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 method = {"splitinfer": INFER, "kserve": MODEL_INFER,
                           "grpc floor": f"{ECHO}{work.reply_bytes}"}
                 table: dict[str, list[dict[str, Any]]] = {side: [] for side in SIDES}
+                triton: dict[str, list[dict[str, Any]]] = {side: [] for side in TRITON_SIDES}
                 for clients in args.clients:
                     slices: dict[str, list[dict[str, Any]]] = {side: [] for side in SIDES}
                     inside: dict[str, list[float]] = {side: [0.0, 0.0] for side in metrics}
+                    tslices: dict[str, list[dict[str, Any]]] = {s: [] for s in TRITON_SIDES}
                     for _ in range(args.rounds):
                         for side in SIDES:
                             before = compute_counters(side, metrics[side], work.name) \
@@ -438,18 +536,31 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                                 inside[side][0] += after[0] - before[0]
                                 inside[side][1] += after[1] - before[1]
                             steps.advance(note=f"{work.name}, {side}, {clients} clients")
+                        for side in () if args.skip_tritonclient else TRITON_SIDES:
+                            tslices[side].append(triton_slice(work, side, address, clients,
+                                                              args))
+                            steps.advance(note=f"{work.name}, tritonclient -> {side}, "
+                                               f"{clients} clients")
                     for side in SIDES:
                         table[side].append(summarize(clients, slices[side]))
                     if clients == 1:
                         work.compute_ms.update({f"{side} in server": 1e3 * t / max(1.0, n)
                                                 for side, (t, n) in inside.items()})
                     print_point(work, clients, {s: table[s][-1] for s in SIDES})
+                    if not args.skip_tritonclient:
+                        for side in TRITON_SIDES:
+                            triton[side].append(summarize(clients, tslices[side]))
+                        print_point(work, clients, {f"tritonclient -> {s}": triton[s][-1]
+                                                    for s in TRITON_SIDES})
                 results[work.name] = {
                     "label": work.label, "kind": work.kind,
                     "activation_bytes": work.x.numel() * 4,
                     "request_bytes": {s: len(work.requests[s]) for s in SIDES},
                     "reply_bytes": work.reply_bytes, "compute_p50_ms": work.compute_ms,
                     "load": table, "stages_ms": node_stages(node, work, 200)}
+                if not args.skip_tritonclient:
+                    results[work.name]["tritonclient"] = triton_result(
+                        work, triton_checked[work.name], triton)
         finally:
             for proc in procs.values():
                 proc.stop()
@@ -481,6 +592,18 @@ def derive(results: dict[str, Any]) -> dict[str, Any]:
         res["above_floor_ms"] = res["overhead_ms"]["splitinfer"] - floor
         res["target_overhead_ms"] = TARGET_OVERHEAD * res["overhead_ms"]["kserve"]
         res["target_below_floor"] = res["target_overhead_ms"] < floor
+        tc = res.get("tritonclient")
+        if tc:  # the same client on both sides
+            load = tc["load"]
+            tc["rps_ratio"] = {r["clients"]: r["rps"] / k["rps"]
+                               for r, k in zip(load["splitinfer"], load["kserve"])}
+            tc["p50_ratio"] = {r["clients"]: r["p50_ms"] / k["p50_ms"]
+                               for r, k in zip(load["splitinfer"], load["kserve"])}
+            # at 1 client: what tritonclient's infer adds over replaying bytes to the same
+            # server (ours: OIP through tritonclient against our own protocol's bytes)
+            tc["over_bytes_p50_ms"] = {side: load[side][0]["p50_ms"]
+                                       - res["load"][side][0]["p50_ms"]
+                                       for side in TRITON_SIDES}
     return results
 
 
@@ -533,6 +656,8 @@ def report(results: dict[str, Any], targets: dict[str, dict[str, Any]],
         print(f"  the node's own stages p50 (lone requests): decode+checks {st['decode']:.3f}, "
               f"queue (loop -> worker) {st['queue']:.3f}, compute {st['compute']:.3f}, "
               f"encode {st['encode']:.3f} ms")
+        if res.get("tritonclient"):
+            report_triton(res["tritonclient"])
     h = extra["hops"]
     print(f"\nthe node's two thread hops alone (its Batcher, a tail that does nothing, in this "
           f"process): {h['two_hops_p50_ms']:.3f} ms p50; an asyncio future resolved on the loop "
@@ -546,6 +671,33 @@ def report(results: dict[str, Any], targets: dict[str, dict[str, Any]],
         extra = " (target below grpcio's floor for these bytes)" if t.get("below_floor") else ""
         print(f"{'PASS' if t['pass'] else 'FAIL'}: {name} {t['value']:.2f} "
               f"(target {t['target']}){extra}")
+
+
+def report_triton(tc: dict[str, Any]) -> None:
+    m, d = tc["models"], tc["max_abs_diff"]
+    print(f"  tritonclient.grpc.aio infer, the same client on both sides: our node's OIP model "
+          f"{m['splitinfer']!r} | KServe's {m['kserve']!r} (answers checked: max |diff| vs "
+          f"the local tail {d['splitinfer']:.1e} | {d['kserve']:.1e})")
+    print(f"  {'clients':>7} | " + " | ".join(f"{'tritonclient -> ' + s:^34}"
+                                               for s in TRITON_SIDES)
+          + " | ours/KServe req/s | p50")
+    for i, ours in enumerate(tc["load"]["splitinfer"]):
+        clients = ours["clients"]
+        cells = " | ".join(f"{tc['load'][s][i]['rps']:9.0f}/s p50 {tc['load'][s][i]['p50_ms']:6.2f}"
+                           f" p95 {tc['load'][s][i]['p95_ms']:6.2f}" for s in TRITON_SIDES)
+        print(f"  {clients:>7} | {cells} | {tc['rps_ratio'][clients]:17.2f}x | "
+              f"{tc['p50_ratio'][clients]:.2f}x")
+    ob = tc["over_bytes_p50_ms"]
+    print(f"  at 1 client tritonclient adds over the byte replay to the same server: ours "
+          f"{ob['splitinfer']:+.2f} ms (OIP via tritonclient vs our protocol's bytes), KServe "
+          f"{ob['kserve']:+.2f} ms")
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -564,6 +716,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--clients", type=int, nargs="+", default=list(CONCURRENCY),
                     help=f"concurrencies to measure (default {' '.join(map(str, CONCURRENCY))}; "
                          "the targets read 1 and 16)")
+    ap.add_argument("--skip-tritonclient", action="store_true",
+                    help="leave out the tritonclient -> node / tritonclient -> KServe mode")
     ap.add_argument("--echo-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     args.seconds = args.seconds or (1.5 if args.quick else 4.5)
@@ -578,6 +732,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.echo_server:
         asyncio.run(_echo_server(args.echo_server))
         return 0
+    if not args.skip_tritonclient and _version("tritonclient") == "not installed":
+        raise SystemExit("the tritonclient mode needs tritonclient[grpc] in this venv (pip "
+                         "install -e '.[test]'); or run with --skip-tritonclient")
     torch.set_num_threads(1)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="peer-bench-") as tmp:
@@ -590,6 +747,7 @@ def main(argv: list[str] | None = None) -> int:
             "torch": torch.__version__, "grpc": grpc.__version__,
             "processor": platform.processor() or platform.platform(),
             "peer": list(PEER_PACKAGES), "node_flags": list(NODE_FLAGS),
+            "tritonclient": None if args.skip_tritonclient else _version("tritonclient"),
             "seconds_per_point": args.seconds, "slices": args.rounds, "quick": args.quick,
             "weights": "random (timing only); inputs: scikit-learn's china.jpg through the head",
             "wall_s": round(time.perf_counter() - started, 1)}

@@ -248,7 +248,7 @@ def section_peer(d: dict[str, Any]) -> list[str]:
                       f"{c['splitinfer in server']:.2f} / {c['kserve in server']:.2f} ms): ours "
                       f"{sv['splitinfer']:.2f} ms, KServe {sv['kserve']:.2f} ms "
                       f"({sv['splitinfer'] / sv['kserve']:.2f}x)."]
-        lines += [""]
+        lines += [""] + _peer_tritonclient(w.get("tritonclient"))
     if "hops" in d:
         lines += [f"The node's two thread hops alone (event loop -> worker -> event loop, a tail "
                   f"that does nothing): {d['hops']['two_hops_p50_ms']:.3f} ms p50.", ""]
@@ -257,6 +257,30 @@ def section_peer(d: dict[str, Any]) -> list[str]:
                         [[n, v["default_ms"], v["channels_last_ms"]]
                          for n, v in d["layouts"].items()])
     return lines
+
+
+def _peer_tritonclient(tc: dict[str, Any] | None) -> list[str]:
+    """The same client on both sides: tritonclient.grpc.aio against the node's OIP service and
+    against KServe (absent from results written before this mode, or with --skip-tritonclient)."""
+    if not tc:
+        return []
+    m, d, ob = tc["models"], tc["max_abs_diff"], tc["over_bytes_p50_ms"]
+    rows = [[r["clients"]] + [f"{tc['load'][s][i]['rps']:.0f} / {tc['load'][s][i]['p50_ms']:.2f}"
+                              f" / {tc['load'][s][i]['p95_ms']:.2f}" for s in ("splitinfer",
+                                                                                "kserve")]
+            + [tc["rps_ratio"][str(r["clients"])], tc["p50_ratio"][str(r["clients"])]]
+            for i, r in enumerate(tc["load"]["splitinfer"])]
+    return ([f"The same client on both sides, tritonclient.grpc.aio `infer` (a request built and "
+             f"an answer parsed per call, the activation as FP32 raw_input_contents): our node's "
+             f"OIP model `{m['splitinfer']}` against KServe's `{m['kserve']}`; answers checked "
+             f"first against the local tail (max abs diff {d['splitinfer']:.1e} / "
+             f"{d['kserve']:.1e}).", ""]
+            + _table(["clients", "tritonclient -> ours req/s / p50 / p95 ms",
+                      "tritonclient -> KServe req/s / p50 / p95 ms", "ours / KServe req/s",
+                      "ours / KServe p50"], rows)
+            + [f"At 1 client tritonclient's p50 over the byte replay to the same server: ours "
+               f"{ob['splitinfer']:+.2f} ms (OIP through tritonclient against our own protocol's "
+               f"bytes), KServe {ob['kserve']:+.2f} ms.", ""])
 
 
 def section_client(d: dict[str, Any]) -> list[str]:

@@ -66,13 +66,17 @@ class OipServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         bundle, cut_id = name, 0
         if not self.repo.versions(name):  # a bundle's own name is never read as a cut
             bundle, cut_id = oip.parse_model_name(name)
+        if not self.repo.versions(bundle):
+            served = sorted({m.name for m in self.repo.all()})
+            raise NotFound(f"unknown model {name!r}: this node serves the bundles "
+                           f"{served or 'none'}; OIP names are <bundle> for the whole model and "
+                           "<bundle>.cut<ID> for the tail after cut ID (RepositoryIndex lists "
+                           "them all)")
         try:
             model = self.repo.get(bundle, version)
-        except NotFound as exc:
-            raise NotFound(f"unknown model {name!r}: {exc} (OIP names: <bundle> for the whole "
-                           "model, <bundle>.cut<ID> for the tail after a cut; RepositoryIndex "
-                           "lists them)") from None
-        model.cut(cut_id)  # NotFound for a cut it does not have
+            model.cut(cut_id)
+        except NotFound as exc:  # no such version, or no such cut: the repository says which
+            raise NotFound(f"model {name!r}: {exc}") from None
         return model, cut_id
 
     def _model_ready(self, model: LoadedModel) -> bool:

@@ -45,8 +45,9 @@ from splitinfer.wire.oip import grpc_service_pb2 as pb
 
 __all__ = [
     "DATATYPES", "DTYPES_OF", "OIP_CODECS", "QUANT_PARAMS", "TIMING_PARAMS", "OipCall", "model_name",
-    "parse_model_name", "parse_infer_request", "build_infer_request", "build_infer_response",
-    "parse_infer_response", "build_model_metadata", "parse_model_metadata", "tensor_metadata",
+    "parse_model_name", "set_parameter", "parse_infer_request", "build_infer_request",
+    "build_infer_response", "parse_infer_response", "build_model_metadata",
+    "parse_model_metadata", "tensor_metadata",
 ]
 
 #: our dtype -> OIP datatype
@@ -150,7 +151,9 @@ def _list_param(params: Mapping[str, pb.InferParameter], key: str, where: str,
                         ) from None
 
 
-def _set(params: Mapping[str, pb.InferParameter], key: str, value: float | int | str) -> None:
+def set_parameter(params: Mapping[str, Any], key: str, value: float | int | str) -> None:
+    """Set ``params[key]`` (a map of OIP ``InferParameter``: ours, tritonclient's ``InferInput.
+    _get_tensor().parameters``, any generated copy) to a string, int64 or double parameter."""
     p = params[key]  # a map of messages: indexing adds the entry
     if isinstance(value, str):
         p.string_param = value
@@ -235,6 +238,11 @@ def input_tensor(t: pb.ModelInferRequest.InferInputTensor, raw: bytes | None,
                                  codec=_FLOAT_CODECS[wire], payload=payload)
         if wire in ("uint8", "int8"):
             scales, zps, axis = _quant(t, shape, where)
+            low, high = (-128, 127) if wire == "int8" else (0, 255)
+            bad = [z for z in zps if not low <= z <= high]
+            if bad:  # checked here, before the shift below would hide the value sent
+                raise InvalidRequest(f"{where}: zero point(s) {bad[:4]} outside {low}..{high}, "
+                                     f"the range of {t.datatype} codes")
             if wire == "int8":  # signed codes: shift to the codec's unsigned ones (exact)
                 payload = (np.frombuffer(payload, np.uint8) ^ 0x80).tobytes()
                 zps = tuple(z + 128 for z in zps)
@@ -250,8 +258,9 @@ def input_tensor(t: pb.ModelInferRequest.InferInputTensor, raw: bytes | None,
 
 def _alternatives(spec: TensorSpec) -> str:
     if spec.dtype in ("float32", "float64"):
-        return (" (or a narrower float: FP32, FP16, BF16; or UINT8/INT8 codes with the "
-                "parameters scale and zero_point)")
+        floats = "FP16, BF16" if spec.dtype == "float32" else "FP32, FP16, BF16"
+        return (f" (or a narrower float: {floats}; or UINT8/INT8 codes with the parameters "
+                "'scale' and 'zero_point', or per channel 'axis', 'scales' and 'zero_points')")
     return ""
 
 
@@ -327,12 +336,12 @@ def build_infer_request(model: str, tensors: Sequence[EncodedTensor], *, version
         elif e.codec == "int8":
             t.datatype = "UINT8"
             if e.axis is None:
-                _set(t.parameters, "scale", float(e.scales[0]))
-                _set(t.parameters, "zero_point", int(e.zero_points[0]))
+                set_parameter(t.parameters, "scale", float(e.scales[0]))
+                set_parameter(t.parameters, "zero_point", int(e.zero_points[0]))
             else:
-                _set(t.parameters, "axis", int(e.axis))
-                _set(t.parameters, "scales", ",".join(repr(float(s)) for s in e.scales))
-                _set(t.parameters, "zero_points", ",".join(str(int(z)) for z in e.zero_points))
+                set_parameter(t.parameters, "axis", int(e.axis))
+                set_parameter(t.parameters, "scales", ",".join(repr(float(s)) for s in e.scales))
+                set_parameter(t.parameters, "zero_points", ",".join(str(int(z)) for z in e.zero_points))
         else:
             raise WireError(f"tensor {e.name!r}: codec {e.codec!r} has no Open Inference "
                             "Protocol form; use raw, fp32, fp16, bf16 or int8")

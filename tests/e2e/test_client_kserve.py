@@ -9,12 +9,6 @@ a real photo (scikit-learn's china.jpg); set SPLITINFER_SKIP_PEER=1 to skip.
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import time
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -24,40 +18,19 @@ from splitinfer.codec import get_codec
 from splitinfer.model.bundle import save_bundle
 from splitinfer.model.onnx_export import export_onnx
 from splitinfer.model.tensors import decode_torch
+from tests.e2e import kserve_tails
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "deploy" / "kserve" / "splitinfer_tails.py"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 def _photo() -> torch.Tensor:
-    """A 64x64 crop of a real photo, normalized as ImageNet models expect."""
-    from sklearn.datasets import load_sample_images
-
-    img = torch.from_numpy(load_sample_images().images[0][100:164, 200:264].copy())
-    x = img.permute(2, 0, 1).float().unsqueeze(0) / 255
-    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-    return (x - mean) / std
+    return kserve_tails.photo(64)
 
 
 @pytest.fixture(scope="module")
 def kserve(tmp_path_factory):
-    if os.environ.get("SPLITINFER_SKIP_PEER") == "1":
-        pytest.skip("SPLITINFER_SKIP_PEER=1")
     import torchvision
-    import tritonclient.grpc as tc
 
-    from benchmarks.peer import DEFAULT_PEER_VENV, ensure_peer_venv
-
-    python = ensure_peer_venv(DEFAULT_PEER_VENV)
     root = tmp_path_factory.mktemp("kserve")
     torch.manual_seed(0)
     eager = torchvision.models.resnet18().eval()
@@ -66,35 +39,9 @@ def kserve(tmp_path_factory):
     save_bundle(sm, bundle, version="1")
     cuts = [9, 30, 50]
     export_onnx(bundle, cuts)
-    grpc_port, http_port = _free_port(), _free_port()
-    log = (root / "kserve.log").open("w")
-    proc = subprocess.Popen([str(python), str(SCRIPT), str(bundle), "--grpc-port",
-                             str(grpc_port), "--http-port", str(http_port)],
-                            stdout=log, stderr=subprocess.STDOUT, cwd=root)
-    target = f"127.0.0.1:{grpc_port}"
-    client = tc.InferenceServerClient(target)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if all(client.is_model_ready(f"resnet18.cut{c}") for c in cuts):
-                    break
-            except Exception:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError("KServe did not become ready:\n"
-                                     + (root / "kserve.log").read_text()[-4000:])
-            time.sleep(0.5)
+    with kserve_tails.serve(bundle, [f"resnet18.cut{c}" for c in cuts]) as (target, proc):
         yield {"sm": sm, "eager": eager, "bundle": bundle, "cuts": cuts, "target": target,
                "proc": proc}
-    finally:
-        client.close()
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 def close(a: torch.Tensor, b: torch.Tensor, rel: float) -> bool:
@@ -151,9 +98,7 @@ def test_bad_quantization_parameters_are_invalid_argument_on_kserve(kserve):
             client.infer(f"resnet18.cut{cut}", [x, *others])
         assert "INVALID_ARGUMENT" in str(info.value.status())
         assert "'scale'" in info.value.message()
-        x._get_tensor().parameters["axis"].int64_param = 1
-        x._get_tensor().parameters["scales"].string_param = "0.5,0.5"
-        x._get_tensor().parameters["zero_points"].string_param = "0,0"
+        kserve_tails.set_params(x, {"axis": 1, "scales": "0.5,0.5", "zero_points": "0,0"})
         with pytest.raises(InferenceServerException) as info:
             client.infer(f"resnet18.cut{cut}", [x, *others])
         assert "has 2 value(s)" in info.value.message()
@@ -165,7 +110,7 @@ def test_planning_failover_and_fallback_with_kserve(kserve, tmp_path):
     """A dead edge first, KServe second: requests fail over; the planner plans over the cuts
     KServe serves; KServe gone, the client falls back to the local tail."""
     x = _photo()
-    dead = f"127.0.0.1:{_free_port()}"
+    dead = f"127.0.0.1:{kserve_tails.free_port()}"
     with torch.no_grad():
         want = kserve["eager"](x)
     with SplitClient(kserve["bundle"], edges=[dead, kserve["target"]], fallback="local",

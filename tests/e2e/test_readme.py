@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import torch
 
+from splitinfer import decode_torch
 from splitinfer.tools.edgeproc import start_edge
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,7 +52,7 @@ def _commands() -> list[str]:
 
 
 def test_the_readme_has_the_examples_this_test_runs():
-    assert len(_blocks("python")) == 3
+    assert len(_blocks("python")) == 4
     assert any(README_ADDRESS in b for b in _blocks("python"))
     assert [c.split()[1] for c in _commands()] == ["export", "export", "inspect", "demo", "plan",
                                                   "fidelity"]
@@ -77,7 +78,10 @@ def test_the_python_examples_run_in_order(tmp_path, monkeypatch):
     with torch.no_grad():
         want = model(x)
     assert float((r.outputs - want).abs().max()) <= 0.05 * float(want.abs().max())
-    assert namespace["logits"].shape == (1, 1000)               # the request by hand (edge)
+    # the request by hand (our protocol), then the same cut's tail over OIP with tritonclient
+    assert tuple(decode_torch(namespace["result"].outputs[0]).shape) == (1, 1000)
+    assert namespace["logits"].shape == (1, 1000)
+    assert "tritonclient" in type(namespace["triton"]).__module__
 
 
 def _env() -> dict[str, str]:

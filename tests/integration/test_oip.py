@@ -267,9 +267,15 @@ def test_wrong_shape_unknown_model_and_bad_datatype_say_what_was_wrong(client, b
     err = refused(lambda: client.infer("nosuch", [fp32_input(spec.name, t)]))
     assert status(err) == "NOT_FOUND" and "unknown model 'nosuch'" in err.message()
     assert "resnet18" in err.message()  # what it does serve
+    assert err.message().count("nosuch") == 1, err.message()  # said once, not nested
 
     err = refused(lambda: client.infer("resnet18.cut9999", [fp32_input(spec.name, t)]))
     assert status(err) == "NOT_FOUND" and "no cut 9999" in err.message()
+    assert "model 'resnet18.cut9999'" in err.message()
+
+    err = refused(lambda: client.infer(name, [fp32_input(spec.name, t)], model_version="77"))
+    assert status(err) == "NOT_FOUND" and "no version '77'" in err.message()
+    assert "it has ['1']" in err.message() and "unknown model" not in err.message()
 
     err = refused(lambda: client.get_model_metadata("nosuch"))
     assert status(err) == "NOT_FOUND"
@@ -279,6 +285,7 @@ def test_wrong_shape_unknown_model_and_bad_datatype_say_what_was_wrong(client, b
     err = refused(lambda: client.infer(name, [bad]))
     assert status(err) == "INVALID_ARGUMENT"
     assert "datatype INT32 does not fit; the model expects FP32" in err.message()
+    assert "narrower float: FP16, BF16;" in err.message() and "'zero_points'" in err.message()
 
     err = refused(lambda: client.infer(name, [fp32_input("nope", t)]))
     assert status(err) == "INVALID_ARGUMENT" and f"inputs are ['{spec.name}']" in err.message()
@@ -299,6 +306,15 @@ def test_bad_quantization_parameters_are_invalid_argument(client, bundles):
     short._get_tensor().parameters["scales"].string_param = "0.1,0.2"
     err = refused(lambda: client.infer(name, [short]))
     assert status(err) == "INVALID_ARGUMENT" and "has 2 value(s)" in err.message()
+
+    for signed, zp, range_ in ((True, 128, "-128..127"), (False, -1, "0..255")):
+        whole = quantized_input(type(enc)(name=enc.name, dtype="float32", shape=enc.shape,
+                                          codec="int8", payload=enc.payload, scales=(0.1,),
+                                          zero_points=(128,)), signed=signed)
+        whole._get_tensor().parameters["zero_point"].int64_param = zp
+        err = refused(lambda: client.infer(name, [whole]))
+        assert status(err) == "INVALID_ARGUMENT", err.message()
+        assert f"[{zp}] outside {range_}" in err.message(), err.message()  # the value sent
 
     negative = quantized_input(enc)
     negative._get_tensor().parameters["scales"].string_param = ",".join(["-1"] * enc.shape[1])

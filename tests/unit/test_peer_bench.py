@@ -61,3 +61,44 @@ def test_the_report_section_reads_the_json_as_written(tmp_path):
     assert "| 16 | 200 / 80.00 | 70 / 230.00 | 2500 / 6.00 | 2.85714 |" in text
     assert "ours **1.50 ms**, KServe 3.00 ms (**0.50x**)" in text
     assert "two thread hops alone" in text and "| toy | 2 | 2.5 |" in text
+
+
+def _with_tritonclient(work: dict[str, object]) -> dict[str, object]:
+    """The tritonclient mode's part of a workload, as ``triton_result`` writes it."""
+    work["tritonclient"] = {
+        "models": {"splitinfer": "toy.cut7", "kserve": "toy"},
+        "inputs": {"splitinfer": "relu_3", "kserve": "input-0"},
+        "max_abs_diff": {"splitinfer": 2e-6, "kserve": 3e-6},
+        "load": {"splitinfer": [_row(1, 1000 / 12.5, 12.5), _row(16, 180, 88.0)],
+                 "kserve": [_row(1, 1000 / 14.0, 14.0), _row(16, 60, 266.0)]}}
+    return work
+
+
+def test_tritonclient_ratios_and_what_the_client_adds_over_bytes():
+    res = peer.derive({"toy": _with_tritonclient(_workload(11.5, 13.0, 0.6))})["toy"]
+    tc = res["tritonclient"]
+    assert tc["rps_ratio"] == pytest.approx({1: 14.0 / 12.5, 16: 3.0})
+    assert tc["p50_ratio"] == pytest.approx({1: 12.5 / 14.0, 16: 88.0 / 266.0})
+    # the byte replay's p50 at 1 client: 11.5 ms to ours, 13.0 ms to KServe
+    assert tc["over_bytes_p50_ms"] == pytest.approx({"splitinfer": 1.0, "kserve": 1.0})
+    # the existing measurements and targets are untouched by the mode
+    plain = peer.derive({"toy": _workload(11.5, 13.0, 0.6)})["toy"]
+    assert {k: v for k, v in res.items() if k != "tritonclient"} == plain
+    assert peer.check_targets({"toy": res}) == peer.check_targets({"toy": plain})
+
+
+def test_the_report_section_shows_the_tritonclient_mode(capsys):
+    results = peer.derive({"toy": _with_tritonclient(_workload(11.5, 13.0, 0.6))})
+    data = json.loads(json.dumps({
+        "meta": {"weights": "random", "peer": ["kserve==0.21.0"]}, "workloads": results}))
+    text = "\n".join(bench_report.section_peer(data))
+    assert "our node's OIP model `toy.cut7` against KServe's `toy`" in text
+    assert "| 16 | 180 / 88.00 / 105.60 | 60 / 266.00 / 319.20 | 3 | 0.330827 |" in text
+    assert "ours +1.00 ms" in text
+    # results written before the mode have no such part: the section reads them as before
+    old = json.loads(json.dumps({"meta": {"weights": "random", "peer": []},
+                                 "workloads": peer.derive({"toy": _workload(11.5, 13.0, 0.6)})}))
+    assert "tritonclient" not in "\n".join(bench_report.section_peer(old))
+    peer.report_triton(results["toy"]["tritonclient"])
+    out = capsys.readouterr().out
+    assert "'toy.cut7'" in out and "3.00x" in out
