@@ -1,4 +1,5 @@
-"""Numpy kernels behind the codecs: float narrowing (fp16, bf16) and int8 affine quantization.
+"""Numpy kernels behind the codecs: float narrowing (fp16, bf16), affine quantization (int8, and
+int4 / int2 with their codes packed 2 / 4 to a byte).
 
 Pure numpy, no torch: the device client runs these without torch. Kernels work in float32 and
 in place (``out=``) because they sit on the request path: at one core the whole encode of a
@@ -16,7 +17,8 @@ from splitinfer.core.errors import CodecError
 
 __all__ = [
     "F16_MAX", "BF16_MAX", "MIN_CHANNEL_ELEMENTS", "choose_axis", "to_float32",
-    "f32_to_f16", "f32_to_bf16", "bf16_to_f32", "quantize", "dequantize",
+    "f32_to_f16", "f32_to_bf16", "bf16_to_f32", "quantize", "dequantize", "pack", "unpack",
+    "packed_nbytes",
 ]
 
 F16_MAX = 65504.0
@@ -158,39 +160,42 @@ def _channel_minmax(x3: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
     return mn, mx
 
 
-def quantize(x: np.ndarray, axis: int | None, what: str
+def quantize(x: np.ndarray, axis: int | None, what: str, bits: int = 8
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """float32 ``x`` -> (uint8 codes, float32 scales, int zero points), per channel on ``axis``.
 
-    q = clip(rint(x / scale) + zp, 0, 255), with min/max widened to include 0 so that zp is an
-    integer code for 0.0 and zeros (post-ReLU) decode exactly. |x - x_hat| <= scale / 2 plus
-    float32 rounding. Refuses NaN/inf: no scale can represent them.
+    q = clip(rint(x / scale) + zp, 0, L) with L = 2**bits - 1 (255 for int8, 15 for int4, 3
+    for int2), min/max widened to include 0 so that zp is an integer code for 0.0 and zeros
+    (post-ReLU) decode exactly. |x - x_hat| <= scale / 2 plus float32 rounding. Refuses
+    NaN/inf: no scale can represent them. Codes stay one per byte here (``pack`` packs them).
     """
+    top = float((1 << bits) - 1)
     outer, chans, inner = _view3(x.shape, axis)
     if x.size == 0:
         return np.empty(x.shape, np.uint8), np.ones(chans, np.float32), np.zeros(chans, np.int64)
     x3 = x.reshape(outer, chans, inner)
     mn, mx = _channel_minmax(x3)
     if not np.isfinite(mx).all() or (mn is not None and not np.isfinite(mn).all()):
-        raise CodecError(f"{what}: int8 cannot encode NaN/inf: {_first_bad(~np.isfinite(x), x)}"
-                         " are not finite; use fp16, bf16 or fp32 for this tensor")
+        raise CodecError(f"{what}: int{bits} cannot encode NaN/inf: "
+                         f"{_first_bad(~np.isfinite(x), x)} are not finite; use fp16, bf16 or "
+                         "fp32 for this tensor")
     # float64: max - min of two float32 extremes cannot overflow here
     span = mx.astype(np.float64) if mn is None else mx.astype(np.float64) - mn
-    scales = (span / 255.0).astype(np.float32)
+    scales = (span / top).astype(np.float32)
     np.maximum(scales, _F32_TINY, out=scales)  # keeps 1/scale finite
     scales[span == 0] = 1.0  # an all-zero channel: any positive scale decodes it exactly
     inv = (np.float32(1) / scales).reshape(1, chans, 1)
     buf = np.multiply(x3, inv, out=np.empty(x3.shape, np.float32))
     if mn is None:
-        # x in [0, max] and scale = max/255: x/scale <= 255 * (1 + 3 ulp), so rint stays
-        # in [0, 255] and zp = 0; no clip needed on this (post-ReLU) path
+        # x in [0, max] and scale = max/L: x/scale <= L * (1 + 3 ulp), so rint stays
+        # in [0, L] and zp = 0; no clip needed on this (post-ReLU) path
         zps = np.zeros(chans, np.int64)
         np.rint(buf, out=buf)
     else:
-        zps = np.minimum(np.maximum(np.rint(-mn / scales), 0), 255).astype(np.int64)
+        zps = np.minimum(np.maximum(np.rint(-mn / scales), 0), top).astype(np.int64)
         np.add(buf, zps.astype(np.float32).reshape(1, chans, 1), out=buf)
         np.rint(buf, out=buf)
-        np.clip(buf, 0, 255, out=buf)
+        np.clip(buf, 0, top, out=buf)
     return buf.astype(np.uint8).reshape(x.shape), scales, zps
 
 
@@ -210,3 +215,42 @@ def dequantize(codes: np.ndarray, shape: tuple[int, ...], axis: int | None,
     else:
         np.multiply(q3, s3, out=o3)
     return out
+
+
+def packed_nbytes(count: int, bits: int) -> int:
+    """Bytes that ``count`` codes of ``bits`` bits take packed (the last byte padded)."""
+    return (count * bits + 7) // 8
+
+
+def pack(codes: np.ndarray, bits: int) -> np.ndarray:
+    """uint8 codes < 2**bits (C order) -> packed bytes, 8 // bits codes a byte, the first code in
+    the lowest bits; the last byte's unused high bits are 0. bits 8: the codes themselves."""
+    flat = codes.reshape(-1)
+    if bits == 8:
+        return flat
+    per = 8 // bits
+    n = flat.size
+    if n % per:
+        flat = np.concatenate([flat, np.zeros(per - n % per, np.uint8)])
+    groups = flat.reshape(-1, per)
+    out: np.ndarray = groups[:, 0].copy()
+    for i in range(1, per):
+        out |= groups[:, i] << np.uint8(i * bits)
+    return out
+
+
+def unpack(packed: np.ndarray, count: int, bits: int, what: str) -> np.ndarray:
+    """``pack``'s inverse: ``count`` uint8 codes. Padding bits that are not 0 mean the payload
+    was not written by ``pack``: refused."""
+    if bits == 8:
+        return packed
+    per = 8 // bits
+    mask = np.uint8((1 << bits) - 1)
+    used = count % per
+    if used and packed.size and int(packed[-1]) >> (used * bits):
+        raise CodecError(f"{what}: the last byte's padding bits are not 0 (byte "
+                         f"{int(packed[-1]):#04x}, {used} of its {per} int{bits} codes used)")
+    out = np.empty((packed.size, per), np.uint8)
+    for i in range(per):
+        np.bitwise_and(packed >> np.uint8(i * bits), mask, out=out[:, i])
+    return out.reshape(-1)[:count]

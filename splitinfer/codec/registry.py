@@ -1,9 +1,9 @@
-"""Codecs for the tensors that cross a cut: tensor codecs (raw, fp32, fp16, bf16, int8, each with
-or without zstd) and image codecs (jpeg, png, webp) for the camera frame itself.
+"""Codecs for the tensors that cross a cut: tensor codecs (raw, fp32, fp16, bf16, int8, int4,
+int2, each with or without zstd) and image codecs (jpeg, png, webp) for the camera frame itself.
 
 A codec turns one tensor into an EncodedTensor (payload bytes plus the few params needed to
-read them) and back. Names are "raw", "fp32", "fp16", "bf16", "int8", each also with "+zstd",
-and "jpeg" (quality 90), "png", "webp" (quality 80); all live in one table, CODECS.
+read them) and back. Names are "raw", "fp32", "fp16", "bf16", "int8", "int4", "int2", each also
+with "+zstd", and "jpeg" (quality 90), "png", "webp" (quality 80); all live in one table, CODECS.
 ``get_codec("int8+zstd", level=3)`` sets the zstd level; ``get_codec("jpeg-q75")`` (or
 ``get_codec("jpeg", quality=75)``) another quality, 1..100. A payload travels under its base
 name ("jpeg"): the decoder needs no quality.
@@ -17,6 +17,11 @@ What each codec stores (little-endian, C order)
           float32, one (scale, zp) per channel (axis rule: ``_quant.choose_axis``). zp is an
           integer, so 0.0 decodes to exactly 0.0: post-ReLU zeros stay zeros.
           |x - x_hat| <= scale / 2, plus float32 rounding (see ``error_bound``).
+    int4  the same with 16 levels (codes 0..15, scale = range / 15), packed two codes a byte,
+          the first in the low nibble; int2: 4 levels (0..3), four codes a byte, the first in
+          the lowest bits. The last byte's unused bits are 0 (decode refuses others). Sub-byte
+          codecs are opt-in: profiles and plans leave them out unless asked (their error is
+          large enough that choosing them needs a fidelity budget, not bytes alone).
     jpeg  uint8 images (H, W), (H, W, C) or (N, H, W, C), C 1 or 3, NHWC (see ``_image``):
           lossy, no per-element bound; ``splitinfer fidelity`` measures what it does to answers
     png   the same, C also 4: lossless.    webp: like jpeg, C 3 or 4.
@@ -29,7 +34,7 @@ NaN/inf policy: never silent corruption.
     raw, fp32   bit-exact, NaN payloads included (float64 under fp32: overflow is refused)
     fp16, bf16  NaN and +-inf kept; finite values that would round to +-inf are refused with
                 a CodecError (fp16: |x| >= 65520, its max being 65504; it says to use bf16/fp32)
-    int8        any NaN or inf is refused: CodecError says how many and where the first is
+    int8/4/2    any NaN or inf is refused: CodecError says how many and where the first is
 
 ``decode`` trusts nothing: codec, dtype, shape, params and the zstd frame are checked against
 ``Limits`` before anything is allocated. Every refusal is a CodecError (LimitExceeded for the
@@ -118,7 +123,11 @@ _FORMATS: dict[str, _Format] = {
     "fp16": _Format("<f2", "float16", 2.0**-11, 2.0**-25),
     "bf16": _Format("<u2", "bfloat16", 2.0**-8, 2.0**-134),
     "int8": _Format("u1", None, 0.0, 0.0),  # bound comes from the scales
+    "int4": _Format("u1", None, 0.0, 0.0),  # codes packed two to a byte
+    "int2": _Format("u1", None, 0.0, 0.0),  # ... four to a byte
 }
+#: the affine-quantized bases and their bits per code
+_QUANT_BITS = {"int8": 8, "int4": 4, "int2": 2}
 _FLOATS = ("float32", "float16", "bfloat16", "float64")
 # numpy has no bfloat16: its bits travel and decode as uint16
 _NP_DTYPES = {"float32": "<f4", "float16": "<f2", "bfloat16": "<u2", "float64": "<f8",
@@ -165,8 +174,10 @@ def _to_storage(base: str, arr: np.ndarray, dtype: str, what: str
         return _quant.f32_to_f16(x, what), {}
     if base == "bf16":
         return _quant.f32_to_bf16(x, what), {}
+    bits = _QUANT_BITS[base]
     axis = _quant.choose_axis(x.shape)
-    codes, scales, zps = _quant.quantize(x, axis, what)
+    codes, scales, zps = _quant.quantize(x, axis, what, bits)
+    codes = _quant.pack(codes, bits)
     zero_points = tuple(zps.tolist()) if zps.any() else (0,) * len(zps)  # post-ReLU: fast
     return codes, {"scales": tuple(scales.tolist()), "zero_points": zero_points, "axis": axis}
 
@@ -200,6 +211,12 @@ class Codec:
             default = _image.DEFAULT_QUALITY.get(self.base)
             return self.base if self.quality == default else f"{self.base}-q{self.quality}"
         return self.base + ("+zstd" if self.zstd_level is not None else "")
+
+    @property
+    def bits(self) -> int | None:
+        """Bits per element of an affine-quantized codec (int8: 8, int4: 4, int2: 2), else
+        None."""
+        return _QUANT_BITS.get(self.base)
 
     @property
     def is_image(self) -> bool:
@@ -369,8 +386,9 @@ def _check_header(e: EncodedTensor, limits: Limits, what: str
 
 def _check_params(e: EncodedTensor, base: str, shape: tuple[int, ...], what: str
                   ) -> tuple[int | None, np.ndarray, np.ndarray]:
-    """int8 params as (axis, float32 scales, zero points); none allowed for other codecs."""
-    if base != "int8":
+    """int8/int4/int2 params as (axis, float32 scales, zero points); none allowed for other
+    codecs."""
+    if base not in _QUANT_BITS:
         if len(e.scales) or len(e.zero_points) or e.axis is not None:
             raise CodecError(f"{what}: codec {e.codec!r} takes no scales, zero points or axis")
         return None, np.empty(0, np.float32), np.empty(0, np.int64)
@@ -395,11 +413,20 @@ def _check_params(e: EncodedTensor, base: str, shape: tuple[int, ...], what: str
         i = int(np.argmax(bad))
         raise CodecError(f"{what}: scale {i} is {e.scales[i]!r}; scales must be finite and > 0 "
                          "in float32")
+    top = (1 << _QUANT_BITS[base]) - 1
     zps = np.asarray(e.zero_points) if count else np.empty(0, np.int64)
-    if zps.dtype.kind not in "iu" or (count and not (zps.min() >= 0 and zps.max() <= 255)):
-        raise CodecError(f"{what}: zero points must be ints in [0, 255]; "
+    if zps.dtype.kind not in "iu" or (count and not (zps.min() >= 0 and zps.max() <= top)):
+        raise CodecError(f"{what}: zero points must be ints in [0, {top}] for {base}; "
                          f"got {list(e.zero_points[:8])}{'...' if count > 8 else ''}")
     return axis, scales, zps.astype(np.int64)
+
+
+def _stored_nbytes(base: str, dtype: str, numel: int) -> int:
+    """Bytes of the uncompressed payload of ``numel`` elements of ``dtype`` under ``base``."""
+    bits = _QUANT_BITS.get(base)
+    if bits is not None:
+        return _quant.packed_nbytes(numel, bits)
+    return numel * np.dtype(_FORMATS[base].storage or _NP_DTYPES[dtype]).itemsize
 
 
 def _read_payload(e: EncodedTensor, zstd: bool, expected: int, what: str) -> Any:
@@ -422,8 +449,7 @@ def check(encoded: EncodedTensor, limits: Limits = DEFAULT_LIMITS) -> None:
     base, zstd, shape, numel = _check_header(encoded, limits, what)
     _check_params(encoded, base, shape, what)
     if base not in _image.BASES and not zstd:
-        storage = _FORMATS[base].storage or _NP_DTYPES[encoded.dtype]
-        _read_payload(encoded, False, numel * np.dtype(storage).itemsize, what)
+        _read_payload(encoded, False, _stored_nbytes(base, encoded.dtype, numel), what)
 
 
 def decode(encoded: EncodedTensor, limits: Limits = DEFAULT_LIMITS, *,
@@ -443,8 +469,13 @@ def decode(encoded: EncodedTensor, limits: Limits = DEFAULT_LIMITS, *,
             raise CodecError(f"{what}: payload must be bytes, got "
                              f"{type(encoded.payload).__name__}")
         return _image.decode(encoded.payload, base, shape, what)
+    buf = _read_payload(encoded, zstd, _stored_nbytes(base, encoded.dtype, numel), what)
+    bits = _QUANT_BITS.get(base)
+    if bits is not None:
+        packed = np.frombuffer(buf, np.uint8, count=_quant.packed_nbytes(numel, bits))
+        codes = _quant.unpack(packed, numel, bits, what).reshape(shape)
+        return _from_float32(_quant.dequantize(codes, shape, axis, scales, zps), encoded.dtype)
     storage = _FORMATS[base].storage or _NP_DTYPES[encoded.dtype]
-    buf = _read_payload(encoded, zstd, numel * np.dtype(storage).itemsize, what)
     stored = np.frombuffer(buf, dtype=storage, count=numel).reshape(shape)
     if encoded.dtype == "bool" and numel and stored.view(np.uint8).max() > 1:
         raise CodecError(f"{what}: bool payload holds bytes other than 0 and 1")
@@ -453,9 +484,7 @@ def decode(encoded: EncodedTensor, limits: Limits = DEFAULT_LIMITS, *,
             return stored  # a read-only view of the payload
         own: np.ndarray = stored.copy()  # frombuffer views are read-only; callers get their own
         return own
-    if base == "int8":
-        x = _quant.dequantize(stored, shape, axis, scales, zps)
-    elif base == "bf16":
+    if base == "bf16":
         x = _quant.bf16_to_f32(stored)
     else:
         x = stored.astype(np.float32)
@@ -478,9 +507,9 @@ def error_bound(encoded: EncodedTensor) -> ErrorBound:
         return ErrorBound(0.0, 0.0)
     # a decoded float32 value is rounded once more to a narrower original dtype
     back = {"float16": 2.0**-11, "bfloat16": 2.0**-8}.get(encoded.dtype, 0.0)
-    if base == "int8":
-        # rint gives scale/2; x * (1/scale) in float32 adds ~255 * 2**-23 codes; decode's
-        # multiply rounds once more (relative 2**-24)
+    if base in _QUANT_BITS:
+        # rint gives scale/2; x * (1/scale) in float32 adds ~255 * 2**-23 codes (fewer with
+        # fewer levels); decode's multiply rounds once more (relative 2**-24)
         half = max(encoded.scales, default=0.0) * (0.5 + 2.0**-14)
         return ErrorBound(half * (1 + back), 2.0**-24 + back)
     if base == "fp32" and encoded.dtype != "float64":

@@ -31,7 +31,7 @@ from splitinfer.model.tensors import decode_torch
 pytestmark = pytest.mark.unit
 
 ALL = ["raw", "raw+zstd", "fp32", "fp32+zstd", "fp16", "fp16+zstd", "bf16", "bf16+zstd",
-       "int8", "int8+zstd"]
+       "int8", "int8+zstd", "int4", "int4+zstd", "int2", "int2+zstd"]
 INT_DTYPES = [np.int64, np.int32, np.int16, np.int8, np.uint8, np.bool_]
 
 
@@ -60,8 +60,8 @@ def test_every_codec_is_listed_and_looked_up_in_one_table():
 
 
 def test_unknown_codec_names_the_known_ones():
-    with pytest.raises(CodecError, match="unknown codec 'int4'.*int8\\+zstd"):
-        get_codec("int4")
+    with pytest.raises(CodecError, match="unknown codec 'int3'.*int8\\+zstd"):
+        get_codec("int3")
 
 
 def test_zstd_level_is_configurable():
@@ -74,7 +74,7 @@ def test_zstd_level_is_configurable():
     with pytest.raises(CodecError, match="zstd level 99"):
         get_codec("raw+zstd", level=99)
     with pytest.raises(CodecError, match="unknown codec base"):
-        Codec("int4")
+        Codec("int3")
 
 
 def test_lossless_flag():
@@ -431,7 +431,7 @@ def test_property_round_trip_or_policy_refusal(x, name):
     try:
         enc = get_codec(name).encode(x, "p")
     except CodecError as e:
-        if base == "int8":
+        if base in ("int8", "int4", "int2"):
             assert not finite.all() and "NaN/inf" in str(e)
         elif base == "fp16":
             assert (np.abs(x[finite]) >= 65520).any() and "overflow" in str(e)
@@ -480,3 +480,54 @@ def test_copy_false_is_a_read_only_view_of_the_payload_where_the_values_are_as_s
         check(bad)  # check reads no payload but its length: the same message as decode
     with pytest.raises(CodecError, match="payload is 5 bytes"):
         decode(bad)
+
+
+# ---------------------------------------------------------------- int4 / int2
+
+
+def test_sub_byte_codes_pack_low_bits_first():
+    """Golden layout: codes 0..3 of int2 and 0..15 of int4 along C order, first code lowest."""
+    x = np.arange(16, dtype=np.float32)  # min 0, max 15: scale 1 for int4, zero point 0
+    e4 = get_codec("int4").encode(x)
+    assert e4.scales == (1.0,) and e4.zero_points == (0,) and e4.axis is None
+    assert e4.payload == bytes([0x10, 0x32, 0x54, 0x76, 0x98, 0xBA, 0xDC, 0xFE])
+    assert np.array_equal(decode(e4), x)
+    e2 = get_codec("int2").encode(np.array([0, 1, 2, 3, 3], np.float32))  # scale 1 again
+    assert e2.payload == bytes([0b11_10_01_00, 0b00_00_00_11])  # 5 codes: the last byte padded
+    assert np.array_equal(decode(e2), [0, 1, 2, 3, 3])
+
+
+@pytest.mark.parametrize("name, bits", [("int4", 4), ("int2", 2), ("int8", 8)])
+def test_sub_byte_error_is_half_a_step_and_bytes_shrink_with_bits(name, bits):
+    x = (_rng(4).normal(size=(2, 16, 9, 9)) * _rng(5).uniform(0.1, 10, size=(1, 16, 1, 1))
+         ).astype(np.float32)
+    enc = get_codec(name).encode(x)
+    assert get_codec(name).bits == bits and enc.axis == 1
+    assert len(enc.payload) == x.size * bits // 8
+    step = np.asarray(enc.scales, np.float64).reshape(1, -1, 1, 1)
+    y = decode(enc)
+    assert (np.abs(x - y) <= step * 0.5 * (1 + 1e-4) + 1e-6 * np.abs(x)).all()
+    _assert_within_bound(x, y, enc)
+    # each channel's range spans the codes: the step is range / (2**bits - 1)
+    rng_c = np.maximum(x.max(axis=(0, 2, 3)), 0) - np.minimum(x.min(axis=(0, 2, 3)), 0)
+    assert np.allclose(enc.scales, rng_c / ((1 << bits) - 1), rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["int4+zstd", "int2+zstd"])
+def test_sub_byte_post_relu_zeros_stay_exact(name):
+    x = np.maximum(_rng(6).normal(size=(1, 32, 14, 14)), 0).astype(np.float32)
+    enc = get_codec(name).encode(x)
+    y = decode(enc)
+    assert set(enc.zero_points) == {0}
+    assert (y[x == 0] == 0).all() and (y >= 0).all()
+    assert len(enc.payload) < len(get_codec("int8+zstd").encode(x).payload)
+
+
+def test_sub_byte_codecs_are_opt_in_for_profiles():
+    """Profiles (and so plans) measure them only when named: they trade too much error to be
+    picked on bytes alone."""
+    from splitinfer.measure.profiler import DEFAULT_CODECS
+
+    assert {"int4", "int4+zstd", "int2", "int2+zstd"}.isdisjoint(DEFAULT_CODECS)
+    assert {"int8", "int8+zstd", "fp16"} <= set(DEFAULT_CODECS)
+    assert get_codec("fp16").bits is None and get_codec("jpeg").bits is None

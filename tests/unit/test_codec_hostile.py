@@ -67,7 +67,7 @@ def zstd_enc() -> EncodedTensor:
 
 
 def test_unknown_codec(int8_enc):
-    _refuses(replace(int8_enc, codec="int4"), "act.*unknown codec 'int4'.*int8\\+zstd")
+    _refuses(replace(int8_enc, codec="int3"), "act.*unknown codec 'int3'.*int8\\+zstd")
 
 
 def test_unknown_dtype(int8_enc):
@@ -281,3 +281,58 @@ def test_long_hostile_names_are_cut_in_messages(int8_enc):
     with pytest.raises(CodecError) as info:
         decode(replace(int8_enc, name="x" * 10_000, codec="nope"))
     assert len(str(info.value)) < 400
+
+
+# ---------------------------------------------------------------- int4 / int2 (packed codes)
+
+
+@pytest.fixture(params=[("int4", 4), ("int2", 2)], ids=["int4", "int2"])
+def packed_enc(request) -> tuple[EncodedTensor, int]:
+    """An int4 / int2 tensor of 1x4x4x5, per channel (80 codes: int4 fills 40 bytes exactly,
+    int2 20), and its bits per code."""
+    x = np.random.default_rng(3).normal(size=(1, 4, 4, 5)).astype(np.float32)
+    name, bits = request.param
+    return get_codec(name).encode(x, "act"), bits
+
+
+@pytest.mark.parametrize("delta", [-1, 1])
+def test_packed_payload_of_the_wrong_length(packed_enc, delta):
+    enc, bits = packed_enc
+    need = 80 * bits // 8
+    payload = enc.payload[:delta] if delta < 0 else enc.payload + b"\x00"
+    _refuses(replace(enc, payload=payload), f"payload is {need + delta} bytes.*exactly {need}")
+
+
+def test_packed_zero_point_past_the_last_code(packed_enc):
+    enc, bits = packed_enc
+    top = (1 << bits) - 1
+    _refuses(replace(enc, zero_points=(top + 1,) * 4),
+             f"zero points must be ints in \\[0, {top}\\] for int{bits}")
+    assert decode(replace(enc, zero_points=(top,) * 4)).shape == (1, 4, 4, 5)  # the top is fine
+
+
+@pytest.mark.parametrize("codec, count, last, match", [
+    ("int4", 3, b"\x1f", "padding bits are not 0 \\(byte 0x1f, 1 of its 2 int4 codes used\\)"),
+    ("int2", 5, b"\x07", "padding bits are not 0 \\(byte 0x07, 1 of its 4 int2 codes used\\)"),
+    ("int2", 7, b"\xc0", "padding bits are not 0 \\(byte 0xc0, 3 of its 4 int2 codes used\\)"),
+])
+def test_packed_padding_must_be_zero(codec, count, last, match):
+    """A payload ``pack`` could not have written: bits set past the last code."""
+    full = (count * int(codec[3:]) + 7) // 8
+    enc = EncodedTensor("act", "float32", (count,), codec, b"\x00" * (full - 1) + last,
+                        (0.5,), (0,), None)
+    _refuses(enc, match)
+
+
+@pytest.mark.parametrize("codec", ["int4", "int2+zstd"])
+def test_packed_huge_shape_is_refused_before_allocating(codec):
+    enc = EncodedTensor("act", "float32", (1 << 14, 1 << 14, 4), codec, b"\x00" * 16, (1.0,),
+                        (0,), None)
+    _refuses(enc, "elements; the limit", LimitExceeded)
+
+
+def test_packed_zstd_frame_claiming_more_than_the_shape_is_refused():
+    # 60 int4 codes pack to 30 bytes; a frame that says it holds 10 GB is refused unread
+    enc = EncodedTensor("act", "float32", (1, 4, 3, 5), "int4+zstd",
+                        _frame_claiming(10 << 30), (1.0,) * 4, (0,) * 4, 1)
+    _refuses(enc, "act.*declares 10737418240 decoded bytes.*imply exactly 30")
