@@ -22,8 +22,8 @@ whole model bit for bit. Two models, side by side:
     scikit-learn; stratified 70/30 split, seed 0, CPU): top-1 test accuracy of split inference
     at every cut vs the fp32 model, and the difference in points.
 (c) images (``benchmarks/fidelity_images.py``): on real frames, bytes and fidelity of the frame
-    sent as JPEG q95/90/75/50 or PNG (cut 0, edge-only) against int8+zstd and fp16 at early
-    cuts: MobileNetV3-Small and ResNet-18 with random weights (output relative error, cosine;
+    sent as JPEG q95/90/75/50 or PNG (cut 0, edge-only) against fp16, int8+zstd, int4+zstd and
+    int2+zstd at 5 early cuts: MobileNetV3-Small and ResNet-18 with random weights (output relative error, cosine;
     top-1 not meaningful) and a CNN trained here on digits rendered as 32x32 frames (accuracy).
     JSON block ``images``; figure ``fidelity_images.png`` next to the PNG.
 
@@ -64,7 +64,8 @@ from splitinfer.core.spec import DYNAMIC  # noqa: E402
 from splitinfer.model.tensors import decode_torch  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).parent / "results" / "fidelity.json"
-CODECS = ("fp32", "fp16", "bf16", "int8", "int8+zstd")  # fp32: the lossless control
+#: fp32: the lossless control; int4/int2: the opt-in sub-byte codecs, for their rate-fidelity
+CODECS = ("fp32", "fp16", "bf16", "int8", "int8+zstd", "int4+zstd", "int2+zstd")
 TARGET_CODEC = "int8+zstd"
 MIN_MEAN_COSINE = 0.999
 MAX_ACC_DELTA_PTS = 0.5
@@ -437,7 +438,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 def run(n_sentences: int, n_cuts: int, epochs: int, codecs: Sequence[str],
         digits_cuts: int = 1000, progress: bool = False, image_frames: int = 18,
-        image_cuts: int = 4) -> dict[str, Any]:
+        image_cuts: int = 5) -> dict[str, Any]:
     """The whole benchmark as one JSON-ready dict (no files; with ``progress``, a progress
     display on stderr, else no printing). ``image_frames`` 0 skips the images section
     (``images`` is then None)."""
@@ -485,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=8, help="digits CNN training epochs")
     ap.add_argument("--frames", type=int,
                     help="real frames for the images section (default 18; quick 4; 0 skips it)")
-    ap.add_argument("--image-cuts", type=int, help="early cuts per image model (default 4; "
+    ap.add_argument("--image-cuts", type=int, help="early cuts per image model (default 5; "
                     "quick 2)")
     ap.add_argument("--strict", action="store_true", help="exit 1 when a target fails")
     args = ap.parse_args(argv)
@@ -497,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     torch.set_num_threads(1)
     n_frames = args.frames if args.frames is not None else (4 if args.quick else 18)
-    image_cuts = args.image_cuts or (2 if args.quick else 4)
+    image_cuts = args.image_cuts or (2 if args.quick else 5)
     result = run(n_sent, n_cuts, args.epochs, CODECS, progress=True, image_frames=n_frames,
                  image_cuts=image_cuts)
     meta = result["meta"]

@@ -1,5 +1,6 @@
 """Fidelity on real frames: bytes and output distortion of the frame sent as JPEG/PNG (cut 0,
-edge-only) against int8+zstd and fp16 at early cuts, the honest baseline of issue 13.
+edge-only) against fp16, int8+zstd, int4+zstd and int2+zstd at early cuts, the honest baseline
+of issue 13 and the rate-fidelity table of issue 14.
 
 The images section of ``python -m benchmarks.fidelity`` (see its docstring for the run).
 
@@ -16,7 +17,7 @@ The images section of ``python -m benchmarks.fidelity`` (see its docstring for t
     real: top-1 test accuracy of split inference, and its change against the unsplit model.
 
 Rows per model: cut 0 with ``raw`` (the bare frame: the lossless control) and every codec of
-``splitinfer.codec.IMAGE_CODECS``; then fp16 and int8+zstd at ``n_cuts`` early cuts (a float
+``splitinfer.codec.IMAGE_CODECS``; then ``TENSOR_CODECS`` at ``n_cuts`` early cuts (a float
 tensor crosses, the head runs at most ``EARLY_FLOPS`` of the model's FLOPs): the normalized
 frame (the last cut of the preprocessing, what a float-input model would be sent), then cuts
 spread evenly over the rest (see ``early_cuts``). Each sample is encoded on its own (one
@@ -41,7 +42,8 @@ from splitinfer.core.errors import SplitInferError
 from splitinfer.core.spec import DYNAMIC
 
 FRAME_CODECS = ("raw", *IMAGE_CODECS)  # at cut 0; raw: the bare frame, the lossless control
-TENSOR_CODECS = ("fp16", "int8+zstd")  # at the early cuts
+#: at the early cuts: fp16, int8 (the default), and the opt-in sub-byte codecs
+TENSOR_CODECS = ("fp16", "int8+zstd", "int4+zstd", "int2+zstd")
 #: "early": the head runs at most this fraction of the model's FLOPs
 EARLY_FLOPS = 0.25
 DIGITS_SIDE = 32
