@@ -59,7 +59,6 @@ import importlib.metadata  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import shlex  # noqa: E402
-import socket  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -84,6 +83,7 @@ from splitinfer.model.split_model import partition  # noqa: E402
 from splitinfer.model.tensors import decode_torch  # noqa: E402
 from splitinfer.tools.edgeproc import (  # noqa: E402
     EdgeProcess,
+    free_port,
     parse_metrics,
     start_edge,
     wait_for,
@@ -123,12 +123,6 @@ class Workload:
     requests: dict[str, bytes] = field(default_factory=dict)
     reply_bytes: int = 0
     compute_ms: dict[str, float] = field(default_factory=dict)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # ---- the peer's venv and servers --------------------------------------------------------------
@@ -485,7 +479,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 check_ours(reply, work)
                 work.reply_bytes = len(reply)
                 work.requests["grpc floor"] = bytes(len(work.requests["splitinfer"]))
-            kport, hport = _free_port(), _free_port()
+            kport, hport = free_port(), free_port()
             kaddr = f"127.0.0.1:{kport}"
             procs["kserve"] = Proc(
                 "kserve", [str(python), str(ROOT / "benchmarks" / "peer_kserve.py"), "serve",
@@ -502,7 +496,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                     (peer_dir / f"{work.name}.compute.json").read_text())["p50_ms"]
                 check_peer(_call(kaddr, MODEL_INFER, work.requests["kserve"]), work, python,
                            tmp)
-            eport = _free_port()
+            eport = free_port()
             eaddr = f"127.0.0.1:{eport}"
             procs["grpc floor"] = Proc(
                 "grpc floor", [sys.executable, "-m", "benchmarks.peer", "--echo-server",

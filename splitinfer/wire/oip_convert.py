@@ -45,7 +45,7 @@ from splitinfer.wire.oip import grpc_service_pb2 as pb
 
 __all__ = [
     "DATATYPES", "DTYPES_OF", "OIP_CODECS", "QUANT_PARAMS", "TIMING_PARAMS", "OipCall", "model_name",
-    "parse_model_name", "set_parameter", "parse_infer_request", "build_infer_request",
+    "parse_model_name", "set_parameter", "quant_parameters", "parse_infer_request", "build_infer_request",
     "build_infer_response", "parse_infer_response", "build_model_metadata",
     "parse_model_metadata", "tensor_metadata",
 ]
@@ -161,6 +161,17 @@ def set_parameter(params: Mapping[str, Any], key: str, value: float | int | str)
         p.int64_param = value
     else:
         p.double_param = value
+
+
+def quant_parameters(axis: int | None, scales: Sequence[float], zero_points: Sequence[int]
+                     ) -> dict[str, float | int | str]:
+    """The tensor parameters of UINT8/INT8 codes: ``scale`` (double) and ``zero_point`` (int64)
+    for the whole tensor (``axis`` None), else ``axis`` (int64) with comma-separated ``scales``
+    and ``zero_points`` (strings); each value for :func:`set_parameter`."""
+    if axis is None:
+        return {"scale": float(scales[0]), "zero_point": int(zero_points[0])}
+    return {"axis": int(axis), "scales": ",".join(repr(float(s)) for s in scales),
+            "zero_points": ",".join(str(int(z)) for z in zero_points)}
 
 
 # ---- requests ---------------------------------------------------------------------------------
@@ -335,13 +346,8 @@ def build_infer_request(model: str, tensors: Sequence[EncodedTensor], *, version
             t.datatype = {"fp32": "FP32", "fp16": "FP16", "bf16": "BF16"}[e.codec]
         elif e.codec == "int8":
             t.datatype = "UINT8"
-            if e.axis is None:
-                set_parameter(t.parameters, "scale", float(e.scales[0]))
-                set_parameter(t.parameters, "zero_point", int(e.zero_points[0]))
-            else:
-                set_parameter(t.parameters, "axis", int(e.axis))
-                set_parameter(t.parameters, "scales", ",".join(repr(float(s)) for s in e.scales))
-                set_parameter(t.parameters, "zero_points", ",".join(str(int(z)) for z in e.zero_points))
+            for key, value in quant_parameters(e.axis, e.scales, e.zero_points).items():
+                set_parameter(t.parameters, key, value)
         else:
             raise WireError(f"tensor {e.name!r}: codec {e.codec!r} has no Open Inference "
                             "Protocol form; use raw, fp32, fp16, bf16 or int8")

@@ -1,9 +1,9 @@
 """KServe 0.21's ModelServer serving a bundle's ONNX tails, for the e2e tests that talk to it.
 
 ``deploy/kserve/splitinfer_tails.py`` runs in the peer benchmark's venv (``.bench/kserve-venv``,
-made once by ``benchmarks.peer.ensure_peer_venv``: ~1.5 min and ~5.5 GB); ``serve`` starts it on
-free ports and waits until every named model is ready. SPLITINFER_SKIP_PEER=1 skips the tests
-that use it. ``photo`` gives real inputs (scikit-learn's sample photos), ``set_params`` the
+made once by ``benchmarks.peer.ensure_peer_venv``: ~1.5 min and ~5.5 GB); ``serve`` starts it on free
+ports and waits (up to 180 s) until every named model is ready. SPLITINFER_SKIP_PEER=1 skips
+the tests that use it. ``photo`` gives real inputs (scikit-learn's sample photos), ``set_params`` the
 tensor parameters tritonclient has no public setter for.
 """
 
@@ -11,27 +11,19 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
-import time
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 import torch
 
+from splitinfer.tools.edgeproc import free_port
 from splitinfer.tools.frames import batch, normalized
 from splitinfer.wire.oip_convert import set_parameter
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "deploy" / "kserve" / "splitinfer_tails.py"
-READY_S = 180.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def photo(size: int, n: int = 1) -> torch.Tensor:
@@ -49,42 +41,34 @@ def set_params(inp: Any, params: dict[str, Any]) -> None:
 @contextlib.contextmanager
 def serve(bundle: Path, models: list[str], *args: str) -> Iterator[tuple[str, subprocess.Popen]]:
     """splitinfer_tails.py serving ``bundle`` (extra ``args`` passed on) until every name in
-    ``models`` is ready; yields its gRPC target and process, and stops it after."""
+    ``models`` is ready (``benchmarks.peer.Proc``: it fails with the log if the server exits);
+    yields its gRPC target and process, and stops it after."""
     if os.environ.get("SPLITINFER_SKIP_PEER") == "1":
         pytest.skip("SPLITINFER_SKIP_PEER=1: the KServe venv (~5.5 GB) is not made or used")
     import tritonclient.grpc as tc
 
-    from benchmarks.peer import DEFAULT_PEER_VENV, ensure_peer_venv
+    from benchmarks.peer import DEFAULT_PEER_VENV, Proc, ensure_peer_venv
 
     python = ensure_peer_venv(DEFAULT_PEER_VENV)
     grpc_port, http_port = free_port(), free_port()
-    log_path = bundle.parent / f"kserve-{grpc_port}.log"
     target = f"127.0.0.1:{grpc_port}"
-    with log_path.open("w") as log:
-        proc = subprocess.Popen([str(python), str(SCRIPT), str(bundle), "--grpc-port",
-                                 str(grpc_port), "--http-port", str(http_port), *args],
-                                stdout=log, stderr=subprocess.STDOUT, cwd=bundle.parent)
-        client = tc.InferenceServerClient(target)
+    client = tc.InferenceServerClient(target)
+
+    def ready() -> bool:
         try:
-            deadline = time.monotonic() + READY_S
-            while True:
-                try:
-                    if client.is_server_ready() and all(client.is_model_ready(m)
-                                                         for m in models):
-                        break
-                except Exception:  # not listening yet
-                    pass
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"splitinfer_tails.py was not ready in {READY_S:.0f} s "
-                                         f"(exit code {proc.poll()}):\n"
-                                         + log_path.read_text()[-4000:])
-                time.sleep(0.3)
-            yield target, proc
+            return bool(client.is_server_ready() and all(client.is_model_ready(m)
+                                                         for m in models))
+        except Exception:  # not listening yet
+            return False
+
+    try:
+        server = Proc("splitinfer_tails.py", [str(python), str(SCRIPT), str(bundle),
+                                              "--grpc-port", str(grpc_port), "--http-port",
+                                              str(http_port), *args],
+                      target, bundle.parent / f"kserve-{grpc_port}.log", ready)
+        try:
+            yield target, server.proc
         finally:
-            client.close()
-            proc.terminate()
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            server.stop()
+    finally:
+        client.close()

@@ -24,7 +24,7 @@ from splitinfer.codec import get_codec
 from splitinfer.model.bundle import save_bundle
 from splitinfer.model.onnx_export import export_onnx
 from splitinfer.model.tensors import decode_torch
-from splitinfer.wire.oip_convert import model_name
+from splitinfer.wire.oip_convert import model_name, quant_parameters
 from tests.e2e import kserve_tails
 from tests.models import build_skipnet
 
@@ -38,14 +38,6 @@ CUTS = (0, 4, 10)
 
 def _model(cut: int) -> str:
     return model_name(NAME, cut)
-
-
-def _int8_params(e: Any) -> dict[str, Any]:
-    """The OIP parameters of an int8-encoded tensor, as splitinfer's SDK sends them."""
-    if e.axis is None:
-        return {"scale": float(e.scales[0]), "zero_point": int(e.zero_points[0])}
-    return {"axis": int(e.axis), "scales": ",".join(repr(float(s)) for s in e.scales),
-            "zero_points": ",".join(str(int(z)) for z in e.zero_points)}
 
 
 def _close(got: np.ndarray, want: torch.Tensor) -> bool:
@@ -132,7 +124,7 @@ def test_int8_codes_answer_as_the_local_tail_on_the_dequantized_tensors(served, 
         inputs = []
         for e in encoded:
             codes = np.frombuffer(e.payload, np.uint8).reshape(e.shape)
-            params = _int8_params(e)
+            params: dict[str, Any] = quant_parameters(e.axis, e.scales, e.zero_points)
             axes.add(e.axis)
             if signed:  # the same values as signed codes: q - 128, zero points - 128
                 codes = (codes.astype(np.int16) - 128).astype(np.int8)

@@ -17,7 +17,7 @@ from tritonclient.utils import InferenceServerException
 
 from splitinfer.codec import error_bound, get_codec
 from splitinfer.model.tensors import decode_torch
-from splitinfer.wire.oip_convert import model_name
+from splitinfer.wire.oip_convert import model_name, quant_parameters, set_parameter
 
 from .conftest import TOKEN, as_tuple, edge_config
 
@@ -59,13 +59,8 @@ def quantized_input(encoded, signed: bool = False) -> tc.InferInput:
     inp = tc.InferInput(encoded.name, list(encoded.shape), "INT8" if signed else "UINT8")
     inp.set_data_from_numpy(codes)
     params = inp._get_tensor().parameters  # tritonclient has no public setter for these
-    if encoded.axis is None:
-        params["scale"].double_param = encoded.scales[0]
-        params["zero_point"].int64_param = zps[0]
-    else:
-        params["axis"].int64_param = encoded.axis
-        params["scales"].string_param = ",".join(repr(s) for s in encoded.scales)
-        params["zero_points"].string_param = ",".join(str(z) for z in zps)
+    for key, value in quant_parameters(encoded.axis, encoded.scales, zps).items():
+        set_parameter(params, key, value)
     return inp
 
 

@@ -38,13 +38,8 @@ def _bits(a: np.ndarray) -> np.ndarray:
 def _request_tensor(datatype: str, shape: tuple[int, ...], axis: int | None,
                     scales: list[float], zps: list[int]) -> pb.ModelInferRequest.InferInputTensor:
     t = pb.ModelInferRequest.InferInputTensor(name="t", datatype=datatype, shape=list(shape))
-    if axis is None:
-        t.parameters["scale"].double_param = scales[0]
-        t.parameters["zero_point"].int64_param = zps[0]
-    else:
-        t.parameters["axis"].int64_param = axis
-        t.parameters["scales"].string_param = ",".join(repr(s) for s in scales)
-        t.parameters["zero_points"].string_param = ",".join(str(z) for z in zps)
+    for key, value in oip_convert.quant_parameters(axis, scales, zps).items():
+        oip_convert.set_parameter(t.parameters, key, value)
     return t
 
 
