@@ -1,6 +1,7 @@
 """Fidelity on real frames: bytes and output distortion of the frame sent as JPEG/PNG (cut 0,
-edge-only) against fp16, int8+zstd, int4+zstd and int2+zstd at early cuts, the honest baseline
-of issue 13 and the rate-fidelity table of issue 14.
+edge-only) against fp16, int8+zstd, int4+zstd, int2+zstd and ecq (12, 18, 24, 30 dB) at early
+cuts, the honest baseline of issue 13 and the rate-fidelity table of issue 14 (``beat_jpeg``:
+its target, the fewest bytes an early cut sends against JPEG q90 at no worse fidelity).
 
 The images section of ``python -m benchmarks.fidelity`` (see its docstring for the run).
 
@@ -42,8 +43,19 @@ from splitinfer.core.errors import SplitInferError
 from splitinfer.core.spec import DYNAMIC
 
 FRAME_CODECS = ("raw", *IMAGE_CODECS)  # at cut 0; raw: the bare frame, the lossless control
-#: at the early cuts: fp16, int8 (the default), and the opt-in sub-byte codecs
-TENSOR_CODECS = ("fp16", "int8+zstd", "int4+zstd", "int2+zstd")
+#: at the early cuts: fp16, int8 (the default), the opt-in sub-byte codecs, and ecq at four
+#: signal-to-noise ratios (its rate-fidelity curve)
+TENSOR_CODECS = ("fp16", "int8+zstd", "int4+zstd", "int2+zstd", "ecq-12db", "ecq-18db", "ecq",
+                 "ecq-30db")
+#: the trained bottleneck on the trained digits model (``splitinfer.model.bottleneck``): where,
+#: how narrow, how trained (distilled on the training frames, no labels; the tail fine-tuned;
+#: ecq's noise at snr_db while training), and the codecs its narrow tensor is sent with
+BOTTLENECK = {"cut": "features.2", "channels": (2, 4), "epochs": 30, "snr_db": 18.0,
+              "train_tail": True}
+BOTTLENECK_CODECS = ("int8+zstd", "ecq-12db", "ecq-18db", "ecq")
+#: issue 14's baseline and target: an early cut sends at most BEAT_RATIO of JPEG q90's bytes at
+#: no more output error (no less accuracy) than JPEG q90 gives
+BASELINE, BEAT_RATIO = "jpeg", 0.5
 #: "early": the head runs at most this fraction of the model's FLOPs
 EARLY_FLOPS = 0.25
 DIGITS_SIDE = 32
@@ -82,6 +94,33 @@ def accuracy_figures(ref: Any, out: Any, y: Any) -> dict[str, float]:
     acc, ref_acc = 100.0 * float((pred == labels).mean()), 100.0 * float((base == labels).mean())
     return {"acc_pct": acc, "acc_fp32_pct": ref_acc, "delta_pts": acc - ref_acc,
             "agree_pct": 100.0 * float((pred == base).mean())}
+
+
+def beat_jpeg(rows: Sequence[dict[str, Any]], model: str) -> dict[str, Any] | None:
+    """Issue 14's figure for one model: among the split rows (early cuts) whose median output
+    error is no larger than the frame sent as JPEG q90 gives (on a trained model: whose accuracy
+    is no lower), the fewest KB per sample as a fraction of JPEG's, with the cut and codec;
+    value None when no split row keeps that fidelity. None when JPEG q90 was not measured."""
+    mine = [r for r in rows if r["model"] == model and "error" not in r]
+    base = next((r for r in mine if r["cut"] == 0 and r["codec"] == BASELINE), None)
+    if base is None or not base["kb_median"]:
+        return None
+    acc = "acc_pct" in base
+
+    def keeps(r: dict[str, Any]) -> bool:
+        return bool(r["acc_pct"] >= base["acc_pct"] if acc
+                    else r["relerr_median"] <= base["relerr_median"])
+
+    best = min((r for r in mine if r["cut"] != 0 and keeps(r)), key=lambda r: r["kb_median"],
+               default=None)
+    fid = "acc_pct" if acc else "relerr_median"
+    ratio = round(best["kb_median"] / base["kb_median"], 4) if best else None
+    detail = (f"{best['codec']} at cut {best['cut']} {best['cut_name']}: {best['kb_median']:.2f} "
+              f"KB vs {base['kb_median']:.2f}, {fid} {best[fid]:.4g} vs {base[fid]:.4g}"
+              if best else f"no early cut keeps JPEG q90's {fid} {base[fid]:.4g}")
+    return {"value": ratio, "target": f"<= {BEAT_RATIO}", "pass": bool(ratio is not None
+            and ratio <= BEAT_RATIO), "detail": detail,
+            "codec": best["codec"] if best else None, "cut": best["cut"] if best else None}
 
 
 # -- running a (cut, codec) over samples -----------------------------------------------------------
@@ -205,7 +244,8 @@ def digit_frames(side: int = DIGITS_SIDE) -> tuple[np.ndarray, np.ndarray]:
 
 def train_frame_digits(epochs: int, seed: int = 0) -> tuple[nn.Module, torch.Tensor,
                                                             torch.Tensor, dict[str, Any]]:
-    """(eval CNN taking normalized floats, uint8 test frames, test labels, facts)."""
+    """(eval CNN taking normalized floats, uint8 test frames, test labels, facts); the facts
+    hold the uint8 training frames too (``train_frames``, not for JSON)."""
     from sklearn.model_selection import train_test_split
 
     from splitinfer.tools.frames import normalized
@@ -218,7 +258,46 @@ def train_frame_digits(epochs: int, seed: int = 0) -> tuple[nn.Module, torch.Ten
     torch.manual_seed(seed)
     model = fit_classifier(FrameDigitsCNN(), x, y, tr, epochs, seed)
     return model, torch.from_numpy(frames_u8[te]), y[torch.as_tensor(te)], {
-        "source": DIGITS_SOURCE, "train": len(tr), "test": len(te), "epochs": epochs}
+        "source": DIGITS_SOURCE, "train": len(tr), "test": len(te), "epochs": epochs,
+        "train_frames": torch.from_numpy(frames_u8[tr])}
+
+
+def bottleneck_rows(sm: Any, model: str, train_frames: torch.Tensor, x: torch.Tensor,
+                    y: torch.Tensor, steps: Steps | None = None
+                    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Rows for ``BOTTLENECK``: a bottleneck trained on ``train_frames`` (no labels) at each
+    width, then its narrow tensor sent with each of ``BOTTLENECK_CODECS`` on the test frames
+    ``x``; accuracy against ``y`` and error against the ORIGINAL unsplit model. Also the
+    training reports."""
+    from splitinfer.model.bottleneck import train_bottleneck
+
+    steps = steps or Steps(model, 0, enabled=False)
+    steps.grow(len(BOTTLENECK["channels"]))
+    ref = sm(x)
+    samples = [(train_frames[i:i + 1],) for i in range(len(train_frames))]
+    rows, reports = [], []
+    for k in BOTTLENECK["channels"]:
+        new, rep = train_bottleneck(sm, BOTTLENECK["cut"], samples, k,
+                                    epochs=BOTTLENECK["epochs"], snr_db=BOTTLENECK["snr_db"],
+                                    train_tail=BOTTLENECK["train_tail"])
+        reports.append(rep.to_json())
+        cut = new.cut(rep.new_cut_id)
+        crossing = new.head(cut.id)(x)
+        for codec in BOTTLENECK_CODECS:
+            row = {"model": model, "cut": rep.cut_id,
+                   "cut_name": f"{rep.cut_name} + bottleneck {k} ch", "codec": codec,
+                   "placement": "split+bottleneck",
+                   "head_flops_fraction": cut.head_flops_fraction, "channels": k}
+            got = run_codec(new, cut, crossing, codec)
+            if isinstance(got, str):
+                rows.append({**row, "error": got})
+                continue
+            figs = frame_figures(ref, got[0], got[1])
+            rows.append({**row, **{k2: v for k2, v in figs.items() if k2.startswith("kb_")},
+                         "relerr_median": figs["relerr_median"],
+                         **accuracy_figures(ref, got[0], y)})
+        steps.advance(note=f"{model} bottleneck {k} ch at {rep.cut_name}")
+    return rows, reports
 
 
 # -- the section -------------------------------------------------------------------------------
@@ -238,11 +317,16 @@ def run_images(n_frames: int = 18, n_cuts: int = 4, epochs: int = 8,
         models[name] = {**info, "weights": "random (torchvision, seed 0, eval)",
                         "top1_meaningful": False, "capture": sm.capture}
     cnn, x_te, y_te, facts = train_frame_digits(epochs)
+    x_tr = facts.pop("train_frames")
     sm = partition_frames(cnn, x_te[:1], "digits-frames")
     r, info = measure(sm, "digits-frames", x_te, n_cuts, y=y_te, steps=steps)
     rows += r
+    bn_rows, bn_reports = bottleneck_rows(sm, "digits-frames", x_tr, x_te, y_te, steps)
+    rows += bn_rows
     models["digits-frames"] = {**info, **facts, "weights": "trained here",
-                               "top1_meaningful": True, "capture": sm.capture}
+                               "top1_meaningful": True, "capture": sm.capture,
+                               "bottleneck": {**BOTTLENECK, "channels": list(BOTTLENECK[
+                                   "channels"]), "reports": bn_reports}}
     return {"meta": {"frames": FRAME_SOURCE, "n_frames": n_frames, "image_input": "IMAGENET",
                      "frame_codecs": list(FRAME_CODECS), "tensor_codecs": list(TENSOR_CODECS),
                      "early_flops": EARLY_FLOPS, "cuts_per_model": n_cuts,
@@ -265,6 +349,8 @@ def table_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
                      f"{'top1 %*':>7}")]
         for r in mine:
             where = "edge-only (frame)" if r["cut"] == 0 else r["cut_name"][-24:]
+            if r.get("channels"):
+                where = f"bottleneck {r['channels']} ch"
             head = f"{r['cut']:>4} {where:24} {r['codec']:10} "
             if "error" in r:
                 lines.append(head + r["error"][:70])
@@ -289,20 +375,20 @@ def plot_images(section: dict[str, Any], path: Any) -> None:
     models = list(section["models"])
     fig, axes = plt.subplots(1, len(models), figsize=(5.2 * len(models), 4.6), squeeze=False)
     fig.suptitle("Frame sent as an image, edge-only (blue squares) vs split at cut N "
-                 "(orange, codec@N)", fontsize=10)
+                 "(orange, codec@N) and with a trained bottleneck of K channels there (green, "
+                 "codec@N+bK)", fontsize=10)
     for ax, model in zip(axes[0], models):
         rows = [r for r in section["rows"] if r["model"] == model and "error" not in r]
         acc = section["models"][model].get("top1_meaningful", False)
         for r in rows:
             y = r["delta_pts"] if acc else max(r["relerr_median"], _FLOOR)
-            frame = r["cut"] == 0
+            frame, k = r["cut"] == 0, r.get("channels")
             ax.plot(r["kb_median"], y, "s" if frame else "o",
-                    color="tab:blue" if frame else "tab:orange")
-            ax.annotate(r["codec"] if frame else f"{r['codec']}@{r['cut']}",
-                        (r["kb_median"], y), fontsize=7, xytext=(3, 3),
+                    color="tab:blue" if frame else "tab:green" if k else "tab:orange")
+            label = r["codec"] if frame else f"{r['codec']}@{r['cut']}" + (f"+b{k}" if k else "")
+            ax.annotate(label, (r["kb_median"], y), fontsize=7, xytext=(3, 3),
                         textcoords="offset points")
-        ax.set(xscale="linear" if acc else "log",
-               xlabel="KB per sample on the wire (median" + (")" if acc else ", log)"),
+        ax.set(xscale="log", xlabel="KB per sample on the wire (median, log)",
                ylabel="top-1 accuracy change (points)" if acc
                else f"output relative L2 error (median, log; 0 drawn at {_FLOOR:g})",
                yscale="linear" if acc else "log",

@@ -102,7 +102,7 @@ from device_client import SplitClient  # noqa: E402
 from device_client.link_probe import sizes_for  # noqa: E402
 from splitinfer.codec import IMAGE_CODECS  # noqa: E402
 from splitinfer.core.link import Link  # noqa: E402
-from splitinfer.core.planner import Candidate, Plan, choose  # noqa: E402
+from splitinfer.core.planner import Candidate, Constraints, Plan, choose  # noqa: E402
 from splitinfer.core.profiles import DeviceProfile, EdgeProfile  # noqa: E402
 from splitinfer.measure.profiler import profile_device  # noqa: E402
 from splitinfer.model.bundle import load_bundle, save_bundle  # noqa: E402
@@ -121,7 +121,9 @@ QUICK_LINKS = ((10, 30), (1000, 5))
 # the image codecs apply at cut 0 only (the uint8 frame); the profile measures them there.
 # JPEG at q90 only (and lossless PNG), the client's default: lower qualities would win on bytes
 # alone at a larger error than every split here, and the baseline is what a phone app ships
-CODECS = ("fp16", "int8+zstd", "fp32", "jpeg", "png")
+#: ecq (issue 14's entropy-coded quantization) at 18 and 24 dB: a split may send them only at no
+#: more output error than the JPEG it competes with (``fidelity_budget``)
+CODECS = ("fp16", "int8+zstd", "fp32", "jpeg", "png", "ecq-18db", "ecq")
 # one torch thread: on this 2-core machine a 2-thread OpenMP team in the edge's worker thread
 # ran MobileNetV3-Small 3x slower than one thread (two teams contend once the main thread has
 # used one), and the edge's background tail profile came out 2x its serving time
@@ -269,6 +271,19 @@ def edge_only_configs(plan: Plan) -> list[Config]:
     return list(dict.fromkeys([(first, EDGE_ONLY_CODEC), (first, ranked[0])]))
 
 
+def fidelity_budget(device: DeviceProfile) -> Constraints:
+    """Every plan's fidelity budget: no codec whose measured output error (the profile's, on
+    its frame) is above what the frame sent as JPEG q90 gives, so that a split that wins here
+    wins at no worse answers than the baseline it beats. No JPEG in the profile: no budget."""
+    jpeg = next((k for k in device.cuts[0].codecs if k.codec == EDGE_ONLY_CODEC), None)
+    return Constraints() if jpeg is None else Constraints(max_codec_error=jpeg.error)
+
+
+def plan_for(device: DeviceProfile, edge: EdgeProfile, link: Link) -> Plan:
+    """The planner's choice for latency under ``fidelity_budget``."""
+    return choose(device, edge, link, objective="latency", constraints=fidelity_budget(device))
+
+
 def configs_for(device: DeviceProfile, edge: EdgeProfile, link: Link, k: int
                 ) -> tuple[Plan, list[Config]]:
     """The plan on the profile as measured, and what to measure on ``link``: device-only,
@@ -276,13 +291,13 @@ def configs_for(device: DeviceProfile, edge: EdgeProfile, link: Link, k: int
     spaced cuts, each with the codec that plan ranks best for it, plus the planner's choice for
     every device speed in ``SPEED_GRID`` (so the choice for the speed the device turns out to
     have while measuring is among the configurations measured, side by side with the rest)."""
-    plan = choose(device, edge, link, objective="latency")
+    plan = plan_for(device, edge, link)
     last = device.cuts[-1].cut_id
     cuts = sorted({last, *sample_cuts(last, k, split_cuts(device)[0])})
     configs = {(c, None if c == last else best_codec(plan, c)) for c in cuts}
     configs.update(edge_only_configs(plan))
     for f in SPEED_GRID:
-        p = choose(device.scaled(f), edge, link, objective="latency")
+        p = plan_for(device.scaled(f), edge, link)
         configs.add((p.cut_id, p.codec))
     return plan, sorted(configs, key=lambda c: (c[0], str(c[1])))
 
@@ -424,8 +439,8 @@ def run_link(client: SplitClient, inputs: list[torch.Tensor], proxy: LinkEmulato
     speed, edge_speed = window_speed(timings, plan0), edge_window_speed(timings, edge)
     scaled = device.scaled(min(max(speed, SPEED_GRID[0]), SPEED_GRID[-1]))
     edge_now = edge.scaled(edge_speed)
-    plan = choose(scaled, edge_now, measured, objective="latency")
-    plan_nominal = choose(scaled, edge_now, nominal, objective="latency")
+    plan = plan_for(scaled, edge_now, measured)
+    plan_nominal = plan_for(scaled, edge_now, nominal)
     chosen_config = (plan.cut_id, plan.codec)
     missing = [c for c in (chosen_config, *edge_only_configs(plan)) if c not in timings]
     if missing:  # between two grid speeds: measure it beside the best and the baselines
@@ -473,7 +488,7 @@ def needs_at_profile(device: DeviceProfile, edge: EdgeProfile, args: argparse.Na
     """``split_needs`` per nominal link from the profiles as measured (no measurement: what
     --estimate-only can tell)."""
     return [{"bandwidth_mbps": bw, "rtt_ms": rtt,
-             **(split_needs(choose(device, edge, Link(rtt / 1e3, bw * 1e6)), device) or {})}
+             **(split_needs(plan_for(device, edge, Link(rtt / 1e3, bw * 1e6)), device) or {})}
             for bw, rtt in links(args)]
 
 
@@ -529,7 +544,8 @@ def run(args: argparse.Namespace, repo: Path) -> dict[str, Any]:
             "cuts": len(sm.cuts),
             # the profiles the plans came from (DeviceProfile / EdgeProfile .from_json): the
             # plans of every row can be recomputed from them and its device_speed_factor
-            "device_profile": device.to_json(), "edge_profile": edge.to_json()}
+            "device_profile": device.to_json(), "edge_profile": edge.to_json(),
+            "max_codec_error": fidelity_budget(device).max_codec_error}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -152,19 +152,26 @@ def section_codecs(d: dict[str, Any]) -> list[str]:
 def section_fidelity(d: dict[str, Any]) -> list[str]:
     m = d["meta"]
     mini = [[c, s["worst_cos_mean"], s["worst_cos_min"], s["worst_top1_agree_pct"],
-             s["median_bytes"]] for c, s in d["summary"]["minilm"].items()]
-    digits = [[c, s["worst_delta_pts"], s["worst_agree_pct"], s["median_bytes"]]
+             s["median_bytes"], _best(s)] for c, s in d["summary"]["minilm"].items()]
+    digits = [[c, s["worst_delta_pts"], s["worst_agree_pct"], s["median_bytes"], _best(s)]
               for c, s in d["summary"]["digits"].items()]
     return ([f"(a) all-MiniLM-L6-v2, real weights, {m['minilm']['sentences']} English sentences "
              f"({m['sentence_source']}); {len(m['minilm']['cuts_measured'])} cuts. Cosine of the "
              "split embedding to the full model's (worst cut), nearest-neighbour agreement.", ""]
             + _table(["codec", "worst mean cosine", "worst sentence cosine",
-                      "worst NN agreement %", "median bytes/sentence"], mini)
+                      "worst NN agreement %", "median bytes/sentence",
+                      "best ratio vs fp32 at cosine >= 0.999 (cut)"], mini)
             + [f"(b) CNN trained here on scikit-learn digits ({m['digits']['test_acc_pct']:.2f} % "
                f"test accuracy); top-1 accuracy change against fp32, worst of "
                f"{len(m['digits']['cuts_measured'])} cuts.", ""]
-            + _table(["codec", "worst delta (points)", "worst agreement %", "median bytes/image"],
-                     digits) + _plot("fidelity") + _fidelity_images(d.get("images")))
+            + _table(["codec", "worst delta (points)", "worst agreement %", "median bytes/image",
+                      "best ratio vs fp32 within 0.5 pt (cut)"], digits) + _plot("fidelity") + _fidelity_images(d.get("images")))
+
+
+def _best(s: dict[str, Any]) -> str:
+    """A summary's best ratio in budget, with its cut ("-" when no cut keeps the budget)."""
+    ratio = s.get("best_ratio_in_budget")
+    return "-" if ratio is None else f"{ratio:.3g} (cut {s.get('best_ratio_in_budget_cut')})"
 
 
 def _fidelity_images(images: dict[str, Any] | None) -> list[str]:
@@ -343,7 +350,11 @@ def section_planner(d: dict[str, Any]) -> list[str]:
              "device with it, so each link is planned for the device's speed while that link was "
              "measured (its own compute steps against its profile) and the edge's tail times as "
              "its answers reported them (both factors in the last column; `docs/planner.md`, "
-             "Validation).", ""]
+             "Validation)."
+             + (f" Codecs {', '.join(m['codecs'])}; every plan under a fidelity budget: no codec "
+                "whose measured output error is above the frame's as JPEG q90 "
+                f"({d['max_codec_error']:.3g} on the profile frame)."
+                if d.get("max_codec_error") is not None else ""), ""]
     lines += _table(["link", "chosen cut", "chosen ms", "predicted ms", "oracle cut: ms",
                      "chosen/oracle", "device-only ms", "edge-only JPEG q90 ms (bytes)",
                      "best baseline / chosen", "device / edge speed x profile"], rows)

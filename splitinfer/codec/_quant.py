@@ -1,5 +1,6 @@
 """Numpy kernels behind the codecs: float narrowing (fp16, bf16), affine quantization (int8, and
-int4 / int2 with their codes packed 2 / 4 to a byte).
+int4 / int2 with their codes packed 2 / 4 to a byte), and the step quantizer of ``ecq`` (one
+step per tensor from a target signal-to-noise ratio, int8 codes for zstd to entropy-code).
 
 Pure numpy, no torch: the device client runs these without torch. Kernels work in float32 and
 in place (``out=``) because they sit on the request path: at one core the whole encode of a
@@ -18,7 +19,7 @@ from splitinfer.core.errors import CodecError
 __all__ = [
     "F16_MAX", "BF16_MAX", "MIN_CHANNEL_ELEMENTS", "choose_axis", "to_float32",
     "f32_to_f16", "f32_to_bf16", "bf16_to_f32", "quantize", "dequantize", "pack", "unpack",
-    "packed_nbytes",
+    "packed_nbytes", "snr_step", "quantize_step",
 ]
 
 F16_MAX = 65504.0
@@ -197,6 +198,52 @@ def quantize(x: np.ndarray, axis: int | None, what: str, bits: int = 8
         np.rint(buf, out=buf)
         np.clip(buf, 0, top, out=buf)
     return buf.astype(np.uint8).reshape(x.shape), scales, zps
+
+
+def snr_step(mean_square: float, snr_db: float) -> float:
+    """The uniform quantizer step whose rounding noise (variance step**2 / 12) sits ``snr_db``
+    below a signal of mean square ``mean_square``: sqrt(12 * mean_square / 10**(snr_db / 10))."""
+    return math.sqrt(12.0 * mean_square / 10.0 ** (snr_db / 10.0))
+
+
+def quantize_step(x: np.ndarray, snr_db: float, what: str
+                  ) -> tuple[np.ndarray, float, int]:
+    """float32 ``x`` -> (uint8 codes, float32 step, zero point): one step for the whole tensor.
+
+    The step is ``snr_step`` of x's mean square (rounding noise ``snr_db`` under the signal:
+    the same absolute noise on every element, what minimizes the total squared error at a given
+    entropy), widened to (max - min) / 255 where that is larger, so that every value has a code:
+    nothing is clipped and |x - x_hat| <= step / 2 (plus float32 rounding), as for int8. The
+    codes are int8's (q = rint(x / step) + zp, decoded (q - zp) * step): a coarse step leaves few
+    distinct codes, mostly near zp, which zstd's entropy stage stores in a few bits each.
+    Refuses NaN/inf like ``quantize``.
+    """
+    flat = x.reshape(-1)
+    if flat.size == 0:
+        return np.empty(x.shape, np.uint8), 1.0, 0
+    lo, hi = flat.min(), flat.max()
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise CodecError(f"{what}: ecq cannot encode NaN/inf: {_first_bad(~np.isfinite(x), x)} "
+                         "are not finite; use fp16, bf16 or fp32 for this tensor")
+    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+    with np.errstate(over="ignore"):  # float32 BLAS: fast; overflows only past ~1e19
+        square = float(np.dot(flat, flat))
+    if not math.isfinite(square):
+        wide = flat.astype(np.float64)
+        square = float(np.dot(wide, wide))
+    if hi - lo == 0.0:
+        return np.zeros(x.shape, np.uint8), 1.0, 0  # all zeros: any step decodes them exactly
+    step = np.float32(max(snr_step(square / flat.size, snr_db), (hi - lo) / 255.0))
+    while (hi - lo) / float(step) > 255.0:  # float32 rounding took the step under the range
+        step = np.nextafter(step, np.float32(np.inf))
+    step = max(step, _F32_TINY)
+    zp = int(min(max(round(-lo / float(step)), 0), 255))
+    buf = np.multiply(flat, np.float32(1) / step, out=np.empty(flat.shape, np.float32))
+    if zp:
+        np.add(buf, np.float32(zp), out=buf)
+    np.rint(buf, out=buf)
+    np.clip(buf, 0, 255, out=buf)  # x / step may sit an ulp or two over 255 - zp
+    return buf.astype(np.uint8).reshape(x.shape), float(step), zp
 
 
 def dequantize(codes: np.ndarray, shape: tuple[int, ...], axis: int | None,

@@ -1,12 +1,14 @@
 """Codecs for the tensors that cross a cut: tensor codecs (raw, fp32, fp16, bf16, int8, int4,
-int2, each with or without zstd) and image codecs (jpeg, png, webp) for the camera frame itself.
+int2, each with or without zstd; ecq, entropy-coded step quantization) and image codecs (jpeg,
+png, webp) for the camera frame itself.
 
 A codec turns one tensor into an EncodedTensor (payload bytes plus the few params needed to
 read them) and back. Names are "raw", "fp32", "fp16", "bf16", "int8", "int4", "int2", each also
 with "+zstd", and "jpeg" (quality 90), "png", "webp" (quality 80); all live in one table, CODECS.
 ``get_codec("int8+zstd", level=3)`` sets the zstd level; ``get_codec("jpeg-q75")`` (or
 ``get_codec("jpeg", quality=75)``) another quality, 1..100. A payload travels under its base
-name ("jpeg"): the decoder needs no quality.
+name ("jpeg"): the decoder needs no quality. "ecq" is at 24 dB; ``get_codec("ecq-30db")`` (or
+``get_codec("ecq", snr_db=30)``) sets another signal-to-noise ratio, 1..60 dB.
 
 What each codec stores (little-endian, C order)
     raw   the tensor's own bytes, any dtype. Lossless.
@@ -22,6 +24,16 @@ What each codec stores (little-endian, C order)
           the lowest bits. The last byte's unused bits are 0 (decode refuses others). Sub-byte
           codecs are opt-in: profiles and plans leave them out unless asked (their error is
           large enough that choosing them needs a fidelity budget, not bytes alone).
+    ecq   entropy-coded quantization, an encoder over int8+zstd's wire format: ONE step for the
+          whole tensor, from a target signal-to-noise ratio (the rounding noise, step**2 / 12,
+          sits snr_db under the tensor's mean square), widened where needed so that every
+          value has a uint8 code (nothing clipped). A coarse step leaves few distinct codes,
+          clustered at the zero point, and zstd's entropy stage stores them in a few bits
+          each: unlike int4/int2, outliers cost no resolution elsewhere, and the bytes follow
+          the tensor's entropy instead of a fixed bit width. Its payloads travel as
+          "int8+zstd" (axis None, one scale, one zero point): any int8+zstd decoder reads
+          them, the wire does not change, and "ecq" itself is not a wire codec (decode
+          refuses the name). |x - x_hat| <= step / 2, as for int8. Opt-in, like int4.
     jpeg  uint8 images (H, W), (H, W, C) or (N, H, W, C), C 1 or 3, NHWC (see ``_image``):
           lossy, no per-element bound; ``splitinfer fidelity`` measures what it does to answers
     png   the same, C also 4: lossless.    webp: like jpeg, C 3 or 4.
@@ -34,7 +46,7 @@ NaN/inf policy: never silent corruption.
     raw, fp32   bit-exact, NaN payloads included (float64 under fp32: overflow is refused)
     fp16, bf16  NaN and +-inf kept; finite values that would round to +-inf are refused with
                 a CodecError (fp16: |x| >= 65520, its max being 65504; it says to use bf16/fp32)
-    int8/4/2    any NaN or inf is refused: CodecError says how many and where the first is
+    int8/4/2, ecq   any NaN or inf is refused: CodecError says how many and where the first is
 
 ``decode`` trusts nothing: codec, dtype, shape, params and the zstd frame are checked against
 ``Limits`` before anything is allocated. Every refusal is a CodecError (LimitExceeded for the
@@ -61,7 +73,7 @@ from . import _image, _quant, _zstd
 
 __all__ = [
     "Limits", "EncodedTensor", "ErrorBound", "Codec", "CODECS", "get_codec", "list_codecs",
-    "decode", "encoded_nbytes", "error_bound", "DEFAULT_LIMITS", "IMAGE_CODECS",
+    "decode", "encoded_nbytes", "error_bound", "DEFAULT_LIMITS", "IMAGE_CODECS", "DEFAULT_SNR_DB",
 ]
 
 
@@ -128,6 +140,11 @@ _FORMATS: dict[str, _Format] = {
 }
 #: the affine-quantized bases and their bits per code
 _QUANT_BITS = {"int8": 8, "int4": 4, "int2": 2}
+#: ecq's signal-to-noise ratio unless one is named, and the range it takes (integer dB). 24 dB:
+#: output error about JPEG q90's on MobileNetV3-Small's early cuts (benchmarks/report)
+DEFAULT_SNR_DB = 24
+_SNR_RANGE = (1, 60)
+_ECQ = "ecq"
 _FLOATS = ("float32", "float16", "bfloat16", "float64")
 # numpy has no bfloat16: its bits travel and decode as uint16
 _NP_DTYPES = {"float32": "<f4", "float16": "<f2", "bfloat16": "<u2", "float64": "<f8",
@@ -140,6 +157,18 @@ DEFAULT_LIMITS = Limits()
 def _what(name: object) -> str:
     text = repr(name)
     return f"tensor {text[:80] + '...' if len(text) > 80 else text}"
+
+
+def _check_snr(snr_db: object) -> int:
+    """ecq's signal-to-noise ratio as an int in dB; CodecError outside _SNR_RANGE."""
+    if snr_db is None:
+        return DEFAULT_SNR_DB
+    low, high = _SNR_RANGE
+    if isinstance(snr_db, bool) or not isinstance(snr_db, int) or not low <= snr_db <= high:
+        raise CodecError(f"ecq snr_db {snr_db!r} is not supported; use an integer in "
+                         f"{low}..{high} (dB of signal over rounding noise; higher: finer, "
+                         "more bytes)")
+    return snr_db
 
 
 def _stored_base(base: str, dtype: str) -> str:
@@ -185,13 +214,24 @@ def _to_storage(base: str, arr: np.ndarray, dtype: str, what: str
 @dataclass(frozen=True)
 class Codec:
     """One entry of CODECS: a storage format (``base``), then zstd at ``zstd_level`` or not;
-    or an image format (jpeg, png, webp) at ``quality`` (lossy ones; None: the default)."""
+    or an image format (jpeg, png, webp) at ``quality`` (lossy ones; None: the default); or
+    ecq at ``snr_db`` (always with zstd)."""
 
     base: str
     zstd_level: int | None = None
     quality: int | None = None
+    snr_db: int | None = None
 
     def __post_init__(self) -> None:
+        if self.base == _ECQ:
+            if self.quality is not None:
+                raise CodecError("codec 'ecq' takes no quality; its knob is snr_db")
+            object.__setattr__(self, "snr_db", _check_snr(self.snr_db))
+            object.__setattr__(self, "zstd_level", _zstd.check_level(
+                _zstd.DEFAULT_LEVEL if self.zstd_level is None else self.zstd_level))
+            return
+        if self.snr_db is not None:
+            raise CodecError(f"codec {self.base!r} takes no snr_db (only ecq does)")
         if self.base in _image.BASES:
             if self.zstd_level is not None:
                 raise CodecError(f"codec {self.base!r} is an image format; it has no zstd stage")
@@ -199,7 +239,7 @@ class Codec:
             return
         if self.base not in _FORMATS:
             raise CodecError(f"unknown codec base {self.base!r}; known: "
-                             f"{sorted(_FORMATS) + sorted(_image.BASES)}")
+                             f"{sorted(_FORMATS) + [_ECQ] + sorted(_image.BASES)}")
         if self.quality is not None:
             raise CodecError(f"codec {self.base!r} takes no quality (only jpeg and webp do)")
         if self.zstd_level is not None:
@@ -207,6 +247,8 @@ class Codec:
 
     @property
     def name(self) -> str:
+        if self.base == _ECQ:
+            return _ECQ if self.snr_db == DEFAULT_SNR_DB else f"{_ECQ}-{self.snr_db}db"
         if self.base in _image.BASES:
             default = _image.DEFAULT_QUALITY.get(self.base)
             return self.base if self.quality == default else f"{self.base}-q{self.quality}"
@@ -217,6 +259,12 @@ class Codec:
         """Bits per element of an affine-quantized codec (int8: 8, int4: 4, int2: 2), else
         None."""
         return _QUANT_BITS.get(self.base)
+
+    @property
+    def opt_in(self) -> bool:
+        """True for the codecs a profile measures only when asked (int4, int2, ecq): on bytes
+        alone they would always win, and their error needs a fidelity budget to weigh it."""
+        return self.base == _ECQ or (self.bits or 8) < 8
 
     @property
     def is_image(self) -> bool:
@@ -253,8 +301,17 @@ class Codec:
             return EncodedTensor(name=name, dtype=src, shape=tuple(int(d) for d in arr.shape),
                                  codec=self.base,
                                  payload=_image.encode(arr, self.base, self.quality, what))
-        base = _stored_base(self.base, src)
-        stored, params = _to_storage(base, arr, src, what)
+        if self.base == _ECQ:
+            base = _stored_base("int8", src)
+            if base == "int8":
+                x = _quant.to_float32(arr, src, what)
+                stored, step, zp = _quant.quantize_step(x, float(self.snr_db or 0), what)
+                params: dict[str, Any] = {"scales": (step,), "zero_points": (zp,), "axis": None}
+            else:
+                stored, params = _to_storage(base, arr, src, what)
+        else:
+            base = _stored_base(self.base, src)
+            stored, params = _to_storage(base, arr, src, what)
         flat = np.ascontiguousarray(stored).reshape(-1).view(np.uint8)
         if self.zstd_level is not None:
             payload, codec = _zstd.compress(flat.data, self.zstd_level), base + "+zstd"
@@ -274,6 +331,7 @@ CODECS: Mapping[str, Codec] = {
     **{name: Codec(base, level)
        for base in _FORMATS
        for name, level in ((base, None), (base + "+zstd", _zstd.DEFAULT_LEVEL))},
+    _ECQ: Codec(_ECQ, snr_db=DEFAULT_SNR_DB),
     **{base: Codec(base) for base in _image.BASES},
 }
 
@@ -297,22 +355,35 @@ def _lookup(name: object) -> Codec | None:
     base, sep, q = name.partition("-q")
     if sep and base in _image.DEFAULT_QUALITY and q.isdigit() and len(q) <= 3:
         return replace(CODECS[base], quality=_image.check_quality(base, int(q)))
+    base, sep, db = name.partition("-")
+    if sep and base == _ECQ and db.endswith("db") and db[:-2].isdigit() and len(db) <= 5:
+        return replace(CODECS[_ECQ], snr_db=_check_snr(int(db[:-2])))
     return None
 
 
-def get_codec(name: str, level: int | None = None, quality: int | None = None) -> Codec:
-    """The codec called ``name``; ``level`` sets the zstd level of a "+zstd" codec,
-    ``quality`` the quality of "jpeg" / "webp" (also written "jpeg-q75")."""
+
+def get_codec(name: str, level: int | None = None, quality: int | None = None,
+              snr_db: int | None = None) -> Codec:
+    """The codec called ``name``; ``level`` sets the zstd level of a "+zstd" codec (and of
+    ecq), ``quality`` the quality of "jpeg" / "webp" (also written "jpeg-q75"), ``snr_db``
+    ecq's signal-to-noise ratio (also written "ecq-30db")."""
     codec = _lookup(name)
     if codec is None:
         raise CodecError(f"unknown codec {name!r}; known codecs: {', '.join(CODECS)} "
-                         "(and jpeg-qN / webp-qN for quality N in 1..100)")
+                         "(and jpeg-qN / webp-qN for quality N in 1..100, ecq-Ndb for N in "
+                         f"{_SNR_RANGE[0]}..{_SNR_RANGE[1]})")
+    if snr_db is not None:
+        if codec.base != _ECQ:
+            raise CodecError(f"codec {name!r} takes no snr_db; only ecq does")
+        codec = replace(codec, snr_db=_check_snr(snr_db))
     if quality is not None:
         if codec.base not in _image.DEFAULT_QUALITY:
             raise CodecError(f"codec {name!r} takes no quality; only jpeg and webp do")
         codec = replace(codec, quality=_image.check_quality(codec.base, quality))
     if level is None:
         return codec
+    if codec.base == _ECQ:
+        return replace(codec, zstd_level=_zstd.check_level(level))
     if codec.zstd_level is None:
         raise CodecError(f"codec {name!r} has no zstd stage, so no level; use '{name}+zstd'")
     return replace(codec, zstd_level=_zstd.check_level(level))
@@ -351,6 +422,9 @@ def _check_header(e: EncodedTensor, limits: Limits, what: str
     codec = _lookup(e.codec)
     if codec is None:
         raise CodecError(f"{what}: unknown codec {e.codec!r}; known codecs: {', '.join(CODECS)}")
+    if codec.base == _ECQ:
+        raise CodecError(f"{what}: codec {e.codec!r} is an encoder setting, not a wire codec: "
+                         "its payloads travel as 'int8+zstd'")
     if not isinstance(e.dtype, str) or e.dtype not in DTYPES:
         raise CodecError(f"{what}: unknown dtype {e.dtype!r}; known: {sorted(DTYPES)}")
     if codec.is_image:

@@ -95,6 +95,11 @@ class Constraints:
     #: codecs whose measured top-1 agreement (``splitinfer fidelity``) is below this are out,
     #: and so are codecs never measured for it (device-only always agrees)
     min_agreement: float | None = None
+    #: the accuracy budget: codecs whose measured top-1 accuracy loss (``splitinfer fidelity``
+    #: on labelled data; a fraction, 0.005 = half a point) is above this are out, and so are
+    #: codecs never measured for it unless their measured output error is exactly 0 (the same
+    #: answers: no loss); device-only loses nothing
+    max_accuracy_drop: float | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.codecs, str):
@@ -111,6 +116,12 @@ class Constraints:
                                   or not 0 <= value <= 1):
             raise ValueError(f"Constraints.min_agreement is {value!r}; expected None or a "
                              f"fraction in [0, 1] (e.g. 0.99: 99 % of top-1 classes unchanged)")
+        value = self.max_accuracy_drop
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not 0 <= value <= 1):
+            raise ValueError(f"Constraints.max_accuracy_drop is {value!r}; expected None or a "
+                             f"fraction in [0, 1] (e.g. 0.005: at most half a point of top-1 "
+                             f"accuracy lost)")
 
 
 @dataclass(frozen=True)
@@ -316,6 +327,14 @@ def _codecs_allowed(cut: CutCost, c: Constraints, removed: _Removed) -> list[Cod
                 and codec.agreement < c.min_agreement:
             removed.add(f"min_agreement={c.min_agreement}",
                         f"{label} (agreement {codec.agreement:g})")
+        elif c.max_accuracy_drop is not None and codec.accuracy_drop is None \
+                and codec.error != 0.0:
+            removed.add(f"max_accuracy_drop={c.max_accuracy_drop}",
+                        f"{label} (not measured: run splitinfer fidelity on labelled data)")
+        elif c.max_accuracy_drop is not None and codec.accuracy_drop is not None \
+                and codec.accuracy_drop > c.max_accuracy_drop:
+            removed.add(f"max_accuracy_drop={c.max_accuracy_drop}",
+                        f"{label} (accuracy drop {codec.accuracy_drop:g})")
         else:
             kept.append(codec)
     return kept

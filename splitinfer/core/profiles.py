@@ -63,7 +63,9 @@ class CodecCost:
     error of the outputs against the unsplit model's on the same input (the profiler measures
     it on its inputs; ``splitinfer fidelity`` over a dataset, see ``DeviceProfile.error_source``);
     0 for lossless codecs. ``agreement``: the fraction of inputs whose top-1 class stayed the
-    unsplit model's, when a fidelity run measured it (None: not measured).
+    unsplit model's, when a fidelity run measured it (None: not measured). ``accuracy_drop``:
+    the unsplit model's top-1 accuracy minus the split's on a fidelity run's labels, as a
+    fraction (0.005: half a point; negative: the split scored higher; None: not measured).
     """
 
     codec: str
@@ -72,6 +74,7 @@ class CodecCost:
     decode_s: float
     error: float = 0.0
     agreement: float | None = None
+    accuracy_drop: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.codec, str) or not self.codec:
@@ -85,19 +88,27 @@ class CodecCost:
                 raise ValueError(f"CodecCost.agreement is {value!r}; expected None or a "
                                  f"fraction in [0, 1]")
             object.__setattr__(self, "agreement", float(value))
+        if self.accuracy_drop is not None:
+            value = self.accuracy_drop
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not -1 <= value <= 1:
+                raise ValueError(f"CodecCost.accuracy_drop is {value!r}; expected None or a "
+                                 f"fraction in [-1, 1] (0.005: half a point)")
+            object.__setattr__(self, "accuracy_drop", float(value))
 
     def to_json(self) -> dict[str, Any]:
         return {"codec": self.codec, "request_bytes": self.request_bytes,
                 "encode_s": self.encode_s, "decode_s": self.decode_s, "error": self.error,
-                "agreement": self.agreement}
+                "agreement": self.agreement, "accuracy_drop": self.accuracy_drop}
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> "CodecCost":
-        agreement = obj.get("agreement")
+        agreement, drop = obj.get("agreement"), obj.get("accuracy_drop")
         return cls(codec=str(obj["codec"]), request_bytes=int(obj["request_bytes"]),
                    encode_s=float(obj["encode_s"]), decode_s=float(obj["decode_s"]),
                    error=float(obj.get("error", 0.0)),
-                   agreement=None if agreement is None else float(agreement))
+                   agreement=None if agreement is None else float(agreement),
+                   accuracy_drop=None if drop is None else float(drop))
 
 
 @dataclass(frozen=True)

@@ -131,8 +131,9 @@ class FidelityReport:
 
     def apply_to(self, profile: DeviceProfile) -> DeviceProfile:
         """``profile`` with the measured figures in: every CodecCost measured here gets
-        ``error`` = the p95 relative error and ``agreement`` = the top-1 agreement (None when
-        not meaningful); the rest keep the profiler's. Raises SplitInferError when the profile
+        ``error`` = the p95 relative error, ``agreement`` = the top-1 agreement (None when
+        not meaningful) and ``accuracy_drop`` = the reference accuracy minus the split's (None
+        without labels); the rest keep the profiler's. Raises SplitInferError when the profile
         is of another model or has none of the measured (cut, codec) pairs."""
         if profile.fingerprint != self.fingerprint:
             raise SplitInferError(
@@ -149,8 +150,11 @@ class FidelityReport:
                 r = measured.get((cut.cut_id, cost.codec))
                 if r is not None:
                     done += 1
+                    drop = None if r.accuracy is None or self.reference_accuracy is None \
+                        else self.reference_accuracy - r.accuracy
                     cost = replace(cost, error=r.error_p95, agreement=(
-                        r.agreement if self.agreement_meaningful else None))
+                        r.agreement if self.agreement_meaningful else None),
+                        accuracy_drop=drop)
                 costs.append(cost)
             cuts.append(replace(cut, codecs=tuple(costs)))
         if not done:

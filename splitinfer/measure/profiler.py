@@ -46,11 +46,11 @@ __all__ = ["profile_device", "profile_edge_locally", "edge_profile_from_info",
            "DEFAULT_CODECS"]
 
 #: the float codecs (with and without zstd; raw aside: fp32 is as big and always applies);
-#: the sub-byte ones (int4, int2) only when asked for: on bytes alone they would always win,
-#: and their error needs a fidelity budget to be weighed against
+#: the opt-in ones (int4, int2, ecq: ``Codec.opt_in``) only when asked for: on bytes alone they
+#: would always win, and their error needs a fidelity budget to be weighed against
 _FLOAT_CODECS = tuple(c for c in list_codecs() if not c.startswith("raw")
                       and c not in IMAGE_CODECS and get_codec(c).applies_to("float32", (1, 8))
-                      and (get_codec(c).bits or 8) >= 8)
+                      and not get_codec(c).opt_in)
 #: the codecs a profile measures unless told otherwise: every float codec, and the image
 #: codecs (measured only where a uint8 frame crosses: cut 0 of an image bundle)
 DEFAULT_CODECS = _FLOAT_CODECS + tuple(IMAGE_CODECS)

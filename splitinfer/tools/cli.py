@@ -212,6 +212,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_fidelity_parser(sub, _arg_type)
 
+    from .bottleneck import add_parser as add_bottleneck_parser
+
+    add_bottleneck_parser(sub, _arg_type)
+
     n = sub.add_parser("netem", help="run a TCP proxy that emulates a link "
                                      "(rate, delay, jitter)")
     n.add_argument("--listen", type=_parse_address, default=("127.0.0.1", 0),

@@ -160,6 +160,16 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _points(text: str) -> float:
+    """Accuracy points 0..100 from the command line (``--max-accuracy-drop 0.5``), as a
+    fraction."""
+    value = float(text.removesuffix("pt"))
+    if not 0 <= value <= 100:
+        raise ValueError(f"{text!r} is not a number of accuracy points; expected 0 to 100, "
+                         "e.g. 0.5 (half a point of top-1 accuracy)")
+    return value / 100.0
+
+
 def _constraints(args: argparse.Namespace) -> Constraints:
     codecs = tuple(c.strip() for c in args.codecs.split(",")) if args.codecs else None
     try:
@@ -167,6 +177,7 @@ def _constraints(args: argparse.Namespace) -> Constraints:
                            device_memory_bytes=args.device_memory_bytes,
                            max_codec_error=args.max_codec_error,
                            min_agreement=args.min_agreement,
+                           max_accuracy_drop=args.max_accuracy_drop,
                            allow_edge_only=not args.no_edge_only,
                            allow_device_only=not args.no_device_only, codecs=codecs)
     except ValueError as exc:  # e.g. a negative --max-codec-error
@@ -366,11 +377,16 @@ def add_parser(sub: Any, arg_type: Any) -> None:
     c.add_argument("--min-device-cut", type=int, default=0,
                    help="privacy: only cuts with id >= N (1: raw input never leaves)")
     c.add_argument("--device-memory-bytes", type=int, help="device memory cap for the head")
-    c.add_argument("--max-codec-error", type=float,
-                   help="largest codec error allowed (the relative error of the model's output)")
+    c.add_argument("--max-codec-error", "--max-output-error", dest="max_codec_error",
+                   type=float, help="largest codec error allowed (the relative error of the "
+                   "model's output, as measured by the profile or `splitinfer fidelity`)")
     c.add_argument("--min-agreement", type=arg_type(_fraction),
                    help="smallest top-1 agreement a codec must have kept, as measured by "
                         "`splitinfer fidelity` (codecs it did not measure are out), e.g. 0.99")
+    c.add_argument("--max-accuracy-drop", type=arg_type(_points), metavar="POINTS",
+                   help="the accuracy budget: most top-1 accuracy points a codec may lose, as "
+                        "measured by `splitinfer fidelity` on labelled data (codecs it did not "
+                        "measure are out, lossless ones aside), e.g. 0.5")
     c.add_argument("--codecs", help="comma-separated codecs to consider")
     c.add_argument("--no-edge-only", action="store_true", help="forbid cut 0")
     c.add_argument("--no-device-only", action="store_true", help="forbid the last cut")

@@ -55,7 +55,7 @@ def test_the_readme_has_the_examples_this_test_runs():
     assert len(_blocks("python")) == 4
     assert any(README_ADDRESS in b for b in _blocks("python"))
     assert [c.split()[1] for c in _commands()] == ["export", "export", "inspect", "demo", "plan",
-                                                  "fidelity"]
+                                                  "fidelity", "bottleneck"]
 
 
 def test_the_python_examples_run_in_order(tmp_path, monkeypatch):

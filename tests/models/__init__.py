@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -106,3 +107,47 @@ def build_chain() -> nn.Module:
 def build_skipnet() -> nn.Module:
     torch.manual_seed(0)
     return SkipNet()
+
+
+class DigitsNet(nn.Module):
+    """uint8 (N, 32, 32, 1) frames -> 10 class scores."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 16, 3, padding=1)
+        self.fc = nn.Linear(16 * 8 * 8, 10)
+
+    def forward(self, frame: torch.Tensor) -> torch.Tensor:
+        # (N, H, W, 1) -> (N, 1, H, W) by unsqueeze: plainly contiguous strides (a permute of
+        # one channel has strides convolutions may read as channels-last)
+        x = frame[..., 0].unsqueeze(1).float() / 255.0
+        x = nn.functional.max_pool2d(torch.relu(self.conv1(x)), 2)
+        x = nn.functional.max_pool2d(torch.relu(self.conv2(x)), 2)
+        return self.fc(x.flatten(1))
+
+
+def digit_frames(size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's digits (8x8, 0..16) as uint8 (N, size, size, 1) frames (bilinear), and
+    their labels."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    out = [np.asarray(Image.fromarray((img * 255 / 16).astype(np.uint8))
+                      .resize((size, size), Image.Resampling.BILINEAR)) for img in data.images]
+    return np.stack(out)[..., None], data.target.astype(int)
+
+
+def train_digits_net(frames: np.ndarray, labels: np.ndarray, epochs: int) -> DigitsNet:
+    """A DigitsNet trained on ``frames`` (Adam, batches of 50, seed 0), in eval mode."""
+    torch.manual_seed(0)
+    model = DigitsNet()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    x, y = torch.from_numpy(frames), torch.from_numpy(labels)
+    for _ in range(epochs):
+        for i in range(0, len(x), 50):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x[i:i + 50]), y[i:i + 50]).backward()
+            opt.step()
+    return model.eval()

@@ -31,7 +31,7 @@ from splitinfer.model.tensors import decode_torch
 pytestmark = pytest.mark.unit
 
 ALL = ["raw", "raw+zstd", "fp32", "fp32+zstd", "fp16", "fp16+zstd", "bf16", "bf16+zstd",
-       "int8", "int8+zstd", "int4", "int4+zstd", "int2", "int2+zstd"]
+       "int8", "int8+zstd", "int4", "int4+zstd", "int2", "int2+zstd", "ecq"]
 INT_DTYPES = [np.int64, np.int32, np.int16, np.int8, np.uint8, np.bool_]
 
 
@@ -138,7 +138,7 @@ def test_integer_and_bool_tensors_travel_raw_under_every_codec(name, dtype):
         info = np.iinfo(dtype)
         x = _rng().integers(info.min, info.max, size=(3, 17), dtype=dtype, endpoint=True)
     enc = get_codec(name).encode(x)
-    assert enc.codec == ("raw+zstd" if name.endswith("+zstd") else "raw")
+    assert enc.codec == ("raw+zstd" if get_codec(name).zstd_level is not None else "raw")
     assert enc.scales == () and enc.zero_points == () and enc.axis is None
     y = decode(enc)
     assert y.dtype == x.dtype and np.array_equal(x, y)
@@ -431,7 +431,7 @@ def test_property_round_trip_or_policy_refusal(x, name):
     try:
         enc = get_codec(name).encode(x, "p")
     except CodecError as e:
-        if base in ("int8", "int4", "int2"):
+        if base in ("int8", "int4", "int2", "ecq"):
             assert not finite.all() and "NaN/inf" in str(e)
         elif base == "fp16":
             assert (np.abs(x[finite]) >= 65520).any() and "overflow" in str(e)
@@ -528,6 +528,95 @@ def test_sub_byte_codecs_are_opt_in_for_profiles():
     picked on bytes alone."""
     from splitinfer.measure.profiler import DEFAULT_CODECS
 
-    assert {"int4", "int4+zstd", "int2", "int2+zstd"}.isdisjoint(DEFAULT_CODECS)
+    assert {"int4", "int4+zstd", "int2", "int2+zstd", "ecq"}.isdisjoint(DEFAULT_CODECS)
     assert {"int8", "int8+zstd", "fp16"} <= set(DEFAULT_CODECS)
     assert get_codec("fp16").bits is None and get_codec("jpeg").bits is None
+    assert get_codec("ecq-30db").opt_in and get_codec("int4").opt_in
+    assert not get_codec("int8+zstd").opt_in and not get_codec("jpeg").opt_in
+
+
+# ---------------------------------------------------------------- ecq
+
+
+def _sqnr_db(x: np.ndarray, y: np.ndarray) -> float:
+    x64 = x.astype(np.float64)
+    return float(10 * np.log10(np.mean(x64**2) / np.mean((x64 - y) ** 2)))
+
+
+def test_ecq_travels_as_int8_zstd_with_one_step():
+    """The wire does not change: an ecq payload is an int8+zstd tensor (one scale, one zero
+    point, no axis) that any int8+zstd decoder reads; "ecq" is no wire name."""
+    x = (_rng(7).normal(size=(2, 16, 9, 9)) * 3 - 1).astype(np.float32)
+    enc = get_codec("ecq").encode(x, "a")
+    assert enc.codec == "int8+zstd" and enc.axis is None
+    assert len(enc.scales) == 1 and len(enc.zero_points) == 1 and 0 < enc.zero_points[0] < 255
+    raw = zstandard.ZstdDecompressor().decompress(enc.payload)
+    codes = np.frombuffer(raw, np.uint8).astype(np.float32)
+    assert np.array_equal(decode(enc).reshape(-1),
+                          (codes - enc.zero_points[0]) * np.float32(enc.scales[0]))
+    with pytest.raises(CodecError, match="'ecq' is an encoder setting.*int8\\+zstd"):
+        decode(EncodedTensor("a", enc.dtype, enc.shape, "ecq", enc.payload, enc.scales,
+                             enc.zero_points))
+
+
+@pytest.mark.parametrize("snr_db", [6, 12, 18, 24, 30, 36])
+def test_ecq_noise_sits_snr_db_under_the_signal(snr_db):
+    """Signed data with no exact zeros: the measured SQNR is the target within a dB (uniform
+    rounding noise, step**2 / 12); every value within half a step (nothing clipped)."""
+    x = _rng(8).normal(size=(1, 32, 16, 16)).astype(np.float32)
+    x[0, 0, 0, 0] = 8.0  # an outlier sets no one's step: it costs bits, not resolution
+    enc = get_codec("ecq", snr_db=snr_db).encode(x)
+    y = decode(enc)
+    assert abs(_sqnr_db(x, y) - snr_db) < 1.0
+    assert np.abs(y[0, 0, 0, 0] - 8.0) <= enc.scales[0] / 2 * (1 + 1e-4)
+    _assert_within_bound(x, y, enc)
+
+
+def test_ecq_trades_bytes_for_noise_and_caps_at_int8():
+    x = np.maximum(_rng(9).normal(size=(1, 64, 28, 28)), 0).astype(np.float32)
+    sizes, snrs = [], []
+    for db in (6, 12, 18, 24, 30, 36):
+        enc = get_codec(f"ecq-{db}db").encode(x)
+        y = decode(enc)
+        assert (y[x == 0] == 0).all() and enc.zero_points == (0,)  # post-ReLU zeros exact
+        sizes.append(len(enc.payload))
+        snrs.append(_sqnr_db(x, y))
+    assert sizes == sorted(sizes) and snrs == sorted(snrs)
+    assert sizes[0] * 2 < sizes[-1]
+    # past int8's resolution the step is range / 255: per-tensor int8, never finer
+    top = get_codec("ecq-60db").encode(x)
+    assert top.scales[0] == pytest.approx(float(x.max()) / 255, rel=1e-6)
+    _assert_within_bound(x, decode(top), top)
+
+
+def test_ecq_names_and_knobs():
+    assert get_codec("ecq").snr_db == 24 and get_codec("ecq").name == "ecq"
+    assert get_codec("ecq-30db").name == "ecq-30db" == get_codec("ecq", snr_db=30).name
+    assert get_codec("ecq-24db").name == "ecq"
+    assert get_codec("ecq-18db", level=9).zstd_level == 9
+    for bad in ("ecq-0db", "ecq-61db"):
+        with pytest.raises(CodecError, match="snr_db .* integer in 1..60"):
+            get_codec(bad)
+    for bad in ("ecq-x1db", "ecq-30", "ecq+zstd", "ecq-30dB"):
+        with pytest.raises(CodecError, match="unknown codec .*ecq-Ndb"):
+            get_codec(bad)
+    for value in (24.5, True, "30"):
+        with pytest.raises(CodecError, match="snr_db"):
+            get_codec("ecq", snr_db=value)  # type: ignore[arg-type]
+    with pytest.raises(CodecError, match="takes no snr_db"):
+        get_codec("int8+zstd", snr_db=20)
+    with pytest.raises(CodecError, match="takes no quality"):
+        Codec("ecq", quality=5)
+
+
+def test_ecq_all_zero_and_empty_tensors():
+    z = np.zeros((1, 4, 8, 8), np.float32)
+    enc = get_codec("ecq").encode(z)
+    assert np.array_equal(decode(enc), z) and enc.scales == (1.0,)
+    e = get_codec("ecq").encode(np.zeros((0, 3), np.float32))
+    assert decode(e).shape == (0, 3)
+    big = np.full((1, 8), 3e38, np.float32)  # the mean square overflows float32: float64 path
+    enc = get_codec("ecq").encode(big)
+    y = decode(enc)
+    assert np.isfinite(y).all() and np.isfinite(enc.scales[0])
+    _assert_within_bound(big, y, enc)

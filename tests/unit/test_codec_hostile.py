@@ -336,3 +336,24 @@ def test_packed_zstd_frame_claiming_more_than_the_shape_is_refused():
     enc = EncodedTensor("act", "float32", (1, 4, 3, 5), "int4+zstd",
                         _frame_claiming(10 << 30), (1.0,) * 4, (0,) * 4, 1)
     _refuses(enc, "act.*declares 10737418240 decoded bytes.*imply exactly 30")
+
+
+# ---------------------------------------------------------------- ecq (int8+zstd on the wire)
+
+
+@pytest.mark.parametrize("name", ["ecq", "ecq-30db"])
+def test_ecq_is_no_wire_codec(name):
+    """ecq payloads travel as int8+zstd; a tensor that names ecq was not written by us."""
+    enc = get_codec("ecq").encode(np.arange(8, dtype=np.float32))
+    _refuses(replace(enc, codec=name), "is an encoder setting, not a wire codec")
+
+
+def test_ecq_payload_gets_int8_zstd_checks():
+    x = np.linspace(-3, 5, 64, dtype=np.float32).reshape(1, 4, 4, 4)
+    enc = get_codec("ecq-12db").encode(x)
+    assert enc.codec == "int8+zstd" and enc.axis is None
+    _refuses(replace(enc, zero_points=(256,)), "zero points must be ints in \\[0, 255\\]")
+    _refuses(replace(enc, scales=(0.0,)), "scale 0 is 0.0")
+    _refuses(replace(enc, payload=_frame_claiming(10 << 30)),
+             "declares 10737418240 decoded bytes.*imply exactly 64")
+    _refuses(replace(enc, shape=(1 << 14, 1 << 14, 4)), "elements; the limit", LimitExceeded)

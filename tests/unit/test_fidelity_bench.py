@@ -237,3 +237,39 @@ def test_summarize_frames():
     assert (s["q25 bytes"], s["median bytes"], s["q75 bytes"]) == (1500.0, 2000.0, 3000.0)
     assert s["median PSNR dB"] == 35.0 and s["min PSNR dB"] == 30.0
     assert s["median ratio to raw"] == 150528 / 2000 and s["median encode ms"] == 1.0
+
+
+# -- issue 14's figures: pure, on known rows ------------------------------------------------------
+def _img(cut, codec, kb, err=None, acc=None, model="m"):
+    row = {"model": model, "cut": cut, "cut_name": f"c{cut}", "codec": codec, "kb_median": kb}
+    return row | ({"acc_pct": acc} if acc is not None else {"relerr_median": err})
+
+
+def test_beat_jpeg_takes_the_fewest_bytes_at_no_worse_fidelity():
+    rows = [_img(0, "jpeg", 10.0, 0.010), _img(0, "jpeg-q50", 4.0, 0.030),
+            _img(5, "ecq", 4.0, 0.011),      # smaller, but more error: not counted
+            _img(7, "ecq-30db", 6.0, 0.009), _img(9, "int8+zstd", 8.0, 0.001)]
+    best = fidelity_images.beat_jpeg(rows, "m")
+    assert (best["value"], best["codec"], best["cut"]) == (0.6, "ecq-30db", 7)
+    assert best["pass"] is False and best["target"] == "<= 0.5"
+    assert fidelity_images.beat_jpeg(rows + [_img(7, "ecq", 5.0, 0.010)], "m")["pass"]
+    # a trained model: accuracy no lower than JPEG's; no such row: value None, FAIL
+    acc = [_img(0, "jpeg", 1.0, acc=98.0, model="d"), _img(8, "ecq", 0.2, acc=97.8, model="d")]
+    worse = fidelity_images.beat_jpeg(acc, "d")
+    assert worse["value"] is None and not worse["pass"] and "no early cut" in worse["detail"]
+    acc.append(_img(8, "int8+zstd", 0.4, acc=98.0, model="d"))
+    assert fidelity_images.beat_jpeg(acc, "d")["value"] == 0.4
+    assert fidelity_images.beat_jpeg([_img(5, "ecq", 1.0, 0.1)], "m") is None  # no JPEG row
+
+
+def test_best_in_budget_and_the_int4_target():
+    rows = [{"model": "digits", "cut": c, "codec": "int4+zstd", "ratio": r, "delta_pts": d}
+            for c, r, d in ((1, 12.0, -0.6), (2, 9.0, -0.1), (3, 11.0, 0.2))]
+    assert fidelity.best_in_budget(rows)["cut"] == 3  # cut 1 saves more but loses 0.6 pt
+    targets = fidelity.check_targets(rows)
+    t = targets["digits int4+zstd: bytes saved vs fp32 within 0.5 pt (best cut)"]
+    assert (t["value"], t["cut"], t["pass"]) == (11.0, 3, True)
+    lm = [{"model": "minilm", "cut": 1, "codec": "ecq", "ratio": 9.0, "bytes": 10.0,
+           "cos_mean": 0.998, "cos_min": 0.99, "top1_agree_pct": 99.0}]
+    assert fidelity.best_in_budget(lm) is None
+    assert fidelity.summarize(lm)["minilm"]["ecq"]["best_ratio_in_budget"] is None

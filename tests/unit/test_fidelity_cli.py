@@ -15,7 +15,6 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 import splitinfer
 from splitinfer.core.errors import SplitInferError
@@ -25,59 +24,24 @@ from splitinfer.model.bundle import save_bundle
 from splitinfer.tools.cli import main
 from splitinfer.tools.datasets import load_samples
 from splitinfer.tools.frames import normalized, sample_frames
-from tests.models import Chain, SkipNet
+from tests.models import Chain, SkipNet, digit_frames, train_digits_net
 
-sklearn_datasets = pytest.importorskip("sklearn.datasets")
+pytest.importorskip("sklearn.datasets")
 Image = pytest.importorskip("PIL.Image")
 
 SIZE = 32
 
 
-class DigitsNet(nn.Module):
-    """uint8 (N, 32, 32, 1) frames -> 10 class scores."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 8, 3, padding=1)
-        self.conv2 = nn.Conv2d(8, 16, 3, padding=1)
-        self.fc = nn.Linear(16 * 8 * 8, 10)
-
-    def forward(self, frame: torch.Tensor) -> torch.Tensor:
-        # (N, H, W, 1) -> (N, 1, H, W) by unsqueeze: plainly contiguous strides (a permute of
-        # one channel has strides convolutions may read as channels-last)
-        x = frame[..., 0].unsqueeze(1).float() / 255.0
-        x = nn.functional.max_pool2d(torch.relu(self.conv1(x)), 2)
-        x = nn.functional.max_pool2d(torch.relu(self.conv2(x)), 2)
-        return self.fc(x.flatten(1))
-
-
-def _frames(images: np.ndarray) -> np.ndarray:
-    """sklearn digits (N, 8, 8), values 0..16 -> uint8 (N, 32, 32, 1), bilinear."""
-    out = [np.asarray(Image.fromarray((img * 255 / 16).astype(np.uint8))
-                      .resize((SIZE, SIZE), Image.Resampling.BILINEAR)) for img in images]
-    return np.stack(out)[..., None]
-
-
 @pytest.fixture(scope="module")
 def digits():
-    data = sklearn_datasets.load_digits()
-    return _frames(data.images), data.target.astype(int)
+    return digit_frames()
 
 
 @pytest.fixture(scope="module")
 def trained(digits):
     """(SplitModel, held-out frames, labels): 3 epochs on 1500 digits, ~95% held out."""
     frames, labels = digits
-    torch.manual_seed(0)
-    model = DigitsNet()
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    x, y = torch.from_numpy(frames[:1500]), torch.from_numpy(labels[:1500])
-    for _ in range(3):
-        for i in range(0, len(x), 50):
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(x[i:i + 50]), y[i:i + 50]).backward()
-            opt.step()
-    model.eval()
+    model = train_digits_net(frames[:1500], labels[:1500], epochs=3)
     sm = splitinfer.partition(model, (torch.from_numpy(frames[:1]),), name="digits")
     return sm, frames[1500:1530], labels[1500:1530], model
 
@@ -172,7 +136,12 @@ def test_apply_to_rewrites_the_measured_entries(report, trained):
     cost = {k.codec: k for k in out.cuts[middle].codecs}
     assert cost["int8"].error == report.row(middle, "int8").error_p95
     assert cost["int8"].agreement == report.row(middle, "int8").agreement
+    # labelled data: the accuracy budget's figure, the reference's accuracy minus the split's
+    assert report.reference_accuracy is not None
+    assert cost["int8"].accuracy_drop == pytest.approx(
+        report.reference_accuracy - report.row(middle, "int8").accuracy)
     assert cost["fp32"].error == 0.0 and cost["fp32"].agreement == 1.0
+    assert cost["fp32"].accuracy_drop == 0.0 and cost["bf16"].accuracy_drop is None
     assert cost["bf16"].error == 0.5 and cost["bf16"].agreement is None  # not measured
     assert out.cuts[-1] == _profile(sm).cuts[-1]  # device-only: untouched
     assert out.error_source.startswith("splitinfer fidelity: 30 inputs from held-out digits")

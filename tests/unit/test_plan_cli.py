@@ -79,13 +79,13 @@ def test_bad_rate_is_an_argument_error(setup, capsys):
 
 # --- what-if profiles with the frame as a JPEG -----------------------------------------------
 
-def _with_jpeg(root, tmp_path, agreement=None, slower=100.0):
+def _with_jpeg(root, tmp_path, agreement=None, slower=100.0, accuracy_drop=None):
     """The SkipNet device profile ``slower`` times slower, plus a 2 kB "jpeg" of its input at
     cut 0."""
     dev = DeviceProfile.from_json(json.loads((root / "device.json").read_text()))
     dev = dev.scaled(slower)
     first = dev.cuts[0]
-    jpeg = CodecCost("jpeg", 2_000, 0.0001, 0.0001, 0.01, agreement)
+    jpeg = CodecCost("jpeg", 2_000, 0.0001, 0.0001, 0.01, agreement, accuracy_drop)
     cuts = (CutCost(first.cut_id, first.name, first.head_s, first.head_flops,
                     first.head_memory_bytes, first.head_nodes, first.codecs + (jpeg,)),
             *dev.cuts[1:])
@@ -145,6 +145,25 @@ def test_min_agreement_reaches_the_planner(setup, tmp_path, capsys):
     with pytest.raises(SystemExit):
         _plan_with(root, device_json, *args, "--min-agreement", "1.5")
     assert "expected a number from 0 to 1" in capsys.readouterr().err
+
+
+def test_max_accuracy_drop_reaches_the_planner_in_points(setup, tmp_path, capsys):
+    root, _ = setup
+    device_json = _with_jpeg(root, tmp_path, accuracy_drop=0.004)
+    args = ("--bandwidth", "100mbit", "--rtt", "1ms", "-o", str(tmp_path), "--no-plot")
+    assert _plan_with(root, device_json, *args, "--max-accuracy-drop", "0.5") == 0
+    assert json.loads((tmp_path / "plan.json").read_text())["codec"] == "jpeg"
+    assert _plan_with(root, device_json, *args, "--max-accuracy-drop", "0.3pt") == 0
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    assert plan["codec"] != "jpeg"
+    assert any("jpeg at cut 0 (accuracy drop 0.004)" in n for n in plan["notes"])
+    # the issue's name for --max-codec-error
+    assert _plan_with(root, device_json, *args, "--max-output-error", "0.001") == 0
+    assert json.loads((tmp_path / "plan.json").read_text())["codec"] != "jpeg"
+    for bad in ("-1", "101", "half", "nan"):
+        with pytest.raises(SystemExit):
+            _plan_with(root, device_json, *args, "--max-accuracy-drop", bad)
+        assert "--max-accuracy-drop" in capsys.readouterr().err
 
 
 # --- an image bundle, profiled here ---------------------------------------------------------

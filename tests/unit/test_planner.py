@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -192,6 +193,11 @@ def test_mismatched_fingerprint_is_a_planning_error():
     lambda: Constraints(min_agreement=1.5),
     lambda: Constraints(min_agreement=-0.1),
     lambda: Constraints(min_agreement=True),
+    lambda: Constraints(max_accuracy_drop=-0.01),
+    lambda: Constraints(max_accuracy_drop=2.0),
+    lambda: Constraints(max_accuracy_drop=float("nan")),
+    lambda: CodecCost("int8", 1, 0, 0, accuracy_drop=1.5),
+    lambda: CodecCost("int8", 1, 0, 0, accuracy_drop=True),
     lambda: PowerModel(compute_w=-1),
     lambda: choose(device(), EDGE, MID, objective="speed"),
 ])
@@ -271,6 +277,34 @@ def test_min_agreement_drops_codecs_below_it_and_those_never_measured():
     assert "png at cut 0 (not measured: run splitinfer fidelity)" in note
     assert picked(choose(dev, EDGE, FAST, constraints=Constraints(min_agreement=0.95))) \
         == (0, "jpeg")  # at the bound: kept
+
+
+def _with_drops(dev: DeviceProfile, drops: dict[str, float]) -> DeviceProfile:
+    """``dev`` with measured accuracy drops per codec (the rest: not measured)."""
+    cuts = tuple(replace(c, codecs=tuple(replace(k, accuracy_drop=drops.get(k.codec))
+                                         for k in c.codecs)) for c in dev.cuts)
+    return replace(dev, cuts=cuts)
+
+
+def test_max_accuracy_drop_is_the_accuracy_budget():
+    """Codecs that lost more accuracy than the budget are out, and so are those never
+    measured, except a codec whose measured output error is 0 (same answers: no loss)."""
+    dev = _with_drops(image_device(scale=10), {"jpeg": 0.012, "int8+zstd": 0.002})
+    assert picked(choose(dev, EDGE, FAST)) == (0, "jpeg")
+    plan = choose(dev, EDGE, FAST, constraints=Constraints(max_accuracy_drop=0.005))
+    assert picked(plan)[1] in ("fp32", "int8+zstd")  # fp32: error 0, so no drop to measure
+    assert all(a.codec not in ("jpeg", "fp16") for a in plan.alternatives)
+    note = next(n for n in plan.notes if n.startswith("max_accuracy_drop=0.005"))
+    assert "jpeg at cut 0 (accuracy drop 0.012)" in note
+    assert "fp16 at cut 0 (not measured: run splitinfer fidelity on labelled data)" in note
+    assert "png" not in note  # png's error is 0: kept though never measured
+    assert picked(choose(dev, EDGE, FAST, constraints=Constraints(max_accuracy_drop=0.012))) \
+        == (0, "jpeg")  # at the budget: kept
+    gain = _with_drops(image_device(scale=10), {"jpeg": -0.01})  # the split scored higher
+    assert picked(choose(gain, EDGE, FAST, constraints=Constraints(max_accuracy_drop=0.0))) \
+        == (0, "jpeg")
+    back = DeviceProfile.from_json(_json(dev))
+    assert back == dev and back.cuts[0].codecs[-2].accuracy_drop == 0.012
 
 
 def test_min_agreement_without_any_fidelity_run_leaves_device_only_and_says_why():

@@ -36,13 +36,17 @@ LINK = Link(rtt_s=0.030, bandwidth_bps=1e6)  # slow enough that the choice moves
 
 def test_configs_hold_both_baselines_and_the_choice_at_every_grid_speed():
     plan, configs = pv.configs_for(DEVICE, EDGE, LINK, k=2)
-    assert plan == choose(DEVICE, EDGE, LINK)
+    budget = pv.fidelity_budget(DEVICE)
+    assert budget.max_codec_error == 0.02  # JPEG q90's measured error
+    assert plan == choose(DEVICE, EDGE, LINK, constraints=budget) == pv.plan_for(DEVICE, EDGE,
+                                                                                 LINK)
     # both baselines: device-only and edge-only JPEG q90, and the edge-only codec ranked best
     assert (4, None) in configs and (0, "jpeg") in configs
     ranked = next(c.codec for c in plan.alternatives if c.cut_id == 0)
-    assert ranked == "jpeg-q75" and (0, "jpeg-q75") in configs
+    assert ranked == "jpeg" and (0, "jpeg-q75") not in configs  # q75: over the budget
+    assert any("jpeg-q75 at cut 0 (error 0.04)" in n for n in plan.notes)
     for f in pv.SPEED_GRID:
-        p = choose(DEVICE.scaled(f), EDGE, LINK)
+        p = pv.plan_for(DEVICE.scaled(f), EDGE, LINK)
         assert (p.cut_id, p.codec) in configs, f
     assert len(set(configs)) == len(configs)
     # the grid spans a slow spell either way and changes the choice on this link
