@@ -197,6 +197,8 @@ def train_bottleneck(sm: SplitModel, cut_id: int | str, inputs: Sequence[Sequenc
             raise PartitionError(f"{name} is {value!r}; expected an int >= {low}")
     if not 0 <= held_out < 1:
         raise PartitionError(f"held_out is {held_out!r}; expected a fraction in [0, 1)")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf:
+        raise PartitionError(f"lr is {lr!r}; expected a number > 0")
     if snr_db is not None and not 0 < snr_db < math.inf:
         raise PartitionError(f"snr_db is {snr_db!r}; expected a number > 0 or None")
     samples = [tuple(x) for x in inputs]

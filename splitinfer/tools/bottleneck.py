@@ -74,12 +74,13 @@ def cmd_bottleneck_train(args: argparse.Namespace) -> int:
     with ui.status(f"writing {out}"), quiet_torch(args):
         manifest = save_bundle(new, out, name=sm.name, version=version, overwrite=args.force)
     held = inputs[len(inputs) - report.held_out:] if report.held_out else inputs
-    rows = [[codec, f"{_mean_bytes(sm, cut.id, held, codec):,.0f}",
-             f"{_mean_bytes(new, report.new_cut_id, held, codec):,.0f}"]
-            for codec in _COMPARE]
+    sizes = {codec: {"before": round(_mean_bytes(sm, cut.id, held, codec), 1),
+                     "after": round(_mean_bytes(new, report.new_cut_id, held, codec), 1)}
+             for codec in _COMPARE}
+    rows = [[codec, f"{b['before']:,.0f}", f"{b['after']:,.0f}"] for codec, b in sizes.items()]
     result = {"bundle": str(out), "name": manifest.name, "version": manifest.version,
               "fingerprint": manifest.fingerprint, "report": report.to_json(),
-              "bytes_per_request": {r[0]: {"before": r[1], "after": r[2]} for r in rows}}
+              "bytes_per_request": sizes}
     if args.json:
         ui.json(result)
         return 0
