@@ -401,9 +401,9 @@ def check_targets(rows: list[dict[str, Any]], images: dict[str, Any] | None = No
     and per image model the fewest bytes an early cut sends against JPEG q90 at no more output
     error (no less accuracy) than it (``fidelity_images.beat_jpeg``)."""
     out = _int8_targets(rows)
-    sub8 = best_in_budget([r for r in rows if r["model"] == "digits"
-                           and r["codec"] == SUB8_CODEC])
-    if any(r["model"] == "digits" and r["codec"] == SUB8_CODEC for r in rows):
+    sub8_rows = [r for r in rows if r["model"] == "digits" and r["codec"] == SUB8_CODEC]
+    if sub8_rows:
+        sub8 = best_in_budget(sub8_rows)
         out[f"digits {SUB8_CODEC}: bytes saved vs fp32 within {MAX_ACC_DELTA_PTS} pt (best cut)"] \
             = {"value": sub8["ratio"] if sub8 else None, "cut": sub8["cut"] if sub8 else None,
                "target": f">= {SUB8_MIN_RATIO}", "failing_cuts": [],

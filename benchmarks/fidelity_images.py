@@ -158,6 +158,16 @@ def run_codec(sm: Any, cut: Any, crossing: Sequence[torch.Tensor], codec: str
     return sm.tail(cut.id)(*decoded), sizes
 
 
+def _figures(ref: Any, out: Any, sizes: Sequence[float], y: Any) -> dict[str, Any]:
+    """A row's figures: ``frame_figures``; with labels ``y``, its KB and median error, then
+    ``accuracy_figures`` instead of the distortion ones."""
+    figs = frame_figures(ref, out, sizes)
+    if y is None:
+        return figs
+    return {k: v for k, v in figs.items() if k.startswith("kb_")} | \
+        {"relerr_median": figs["relerr_median"], **accuracy_figures(ref, out, y)}
+
+
 def _row(model: str, cut: Any, codec: str) -> dict[str, Any]:
     return {"model": model, "cut": cut.id, "cut_name": cut.name, "codec": codec,
             "placement": "edge-only" if cut.id == 0 else "split",
@@ -181,11 +191,7 @@ def measure(sm: Any, model: str, x: torch.Tensor, n_cuts: int, y: torch.Tensor |
             if isinstance(got, str):
                 rows.append({**_row(model, cut, codec), "error": got})
                 continue
-            figs = frame_figures(ref, got[0], got[1])
-            if y is not None:
-                figs = {k: v for k, v in figs.items() if k.startswith("kb_")} | \
-                    {"relerr_median": figs["relerr_median"], **accuracy_figures(ref, got[0], y)}
-            rows.append({**_row(model, cut, codec), **figs})
+            rows.append({**_row(model, cut, codec), **_figures(ref, got[0], got[1], y)})
         steps.advance(note=f"{model} cut {cut.id} {cut.name}")
     info = {"samples": int(x.shape[0]), "frame_shape": list(x.shape[1:]),
             "raw_frame_bytes": int(x[0].numel()), "cuts_total": len(sm.cuts),
@@ -292,10 +298,7 @@ def bottleneck_rows(sm: Any, model: str, train_frames: torch.Tensor, x: torch.Te
             if isinstance(got, str):
                 rows.append({**row, "error": got})
                 continue
-            figs = frame_figures(ref, got[0], got[1])
-            rows.append({**row, **{k2: v for k2, v in figs.items() if k2.startswith("kb_")},
-                         "relerr_median": figs["relerr_median"],
-                         **accuracy_figures(ref, got[0], y)})
+            rows.append({**row, **_figures(ref, got[0], got[1], y)})
         steps.advance(note=f"{model} bottleneck {k} ch at {rep.cut_name}")
     return rows, reports
 

@@ -8,6 +8,7 @@ on a torch-free device, and the edge node decodes untrusted payloads with them u
 
 from __future__ import annotations
 
+from ._quant import snr_step
 from .registry import (
     CODECS,
     DEFAULT_LIMITS,
@@ -25,4 +26,5 @@ from .registry import (
 )
 
 __all__ = ["CODECS", "DEFAULT_LIMITS", "Codec", "EncodedTensor", "ErrorBound", "IMAGE_CODECS",
-           "Limits", "check", "decode", "encoded_nbytes", "error_bound", "get_codec", "list_codecs"]
+           "Limits", "check", "decode", "encoded_nbytes", "error_bound", "get_codec", "list_codecs",
+           "snr_step"]

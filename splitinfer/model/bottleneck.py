@@ -36,6 +36,7 @@ from typing import Any, Callable, Sequence, cast
 import torch
 from torch import nn
 
+from splitinfer.codec import snr_step
 from splitinfer.core.errors import PartitionError
 
 from .split_model import SplitModel, partition
@@ -153,9 +154,9 @@ def _pca_init(encoder: _Layer, decoder: _Layer, acts: torch.Tensor, axis: int,
 
 
 def _snr_step(z: torch.Tensor, snr_db: float) -> torch.Tensor:
-    """ecq's step for each sample of ``z`` (``splitinfer.codec._quant.snr_step``, in torch)."""
-    ms = z.detach().pow(2).flatten(1).mean(1).clamp_min(1e-30)
-    return torch.sqrt(12.0 * ms / 10.0 ** (snr_db / 10.0)).reshape(-1, *([1] * (z.dim() - 1)))
+    """ecq's step for each sample of ``z``: ``snr_step`` scales with the root mean square."""
+    rms = z.detach().pow(2).flatten(1).mean(1).clamp_min(1e-30).sqrt()
+    return (rms * snr_step(1.0, snr_db)).reshape(-1, *([1] * (z.dim() - 1)))
 
 
 def _rel_err(ref: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
