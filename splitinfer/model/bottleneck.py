@@ -27,7 +27,6 @@ its graph, as ops (its manifest has no ``image_input``).
 from __future__ import annotations
 
 import copy
-import keyword
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -39,6 +38,7 @@ from torch import nn
 from splitinfer.codec import snr_step
 from splitinfer.core.errors import PartitionError
 
+from .capture import usable_input_names
 from .split_model import SplitModel, partition
 
 __all__ = ["BottleneckReport", "train_bottleneck", "ENCODER", "DECODER"]
@@ -76,8 +76,8 @@ class BottleneckReport:
 
 
 class _Bottlenecked(nn.Module):
-    """head -> encoder -> decoder -> tail, as one module to capture; ``_bottlenecked`` gives
-    it a forward with the original model's input names, and its outputs keep theirs."""
+    """head -> encoder -> decoder -> tail, as one module to capture (``partition`` names its
+    inputs as the original model's); its outputs keep the original's names."""
 
     def __init__(self, head: nn.Module, encoder: nn.Module, decoder: nn.Module,
                  tail: nn.Module, output_names: Sequence[str]) -> None:
@@ -87,7 +87,7 @@ class _Bottlenecked(nn.Module):
         setattr(self, DECODER, decoder)
         self.output_names = tuple(output_names)
 
-    def run(self, *inputs: torch.Tensor) -> Any:
+    def forward(self, *inputs: torch.Tensor) -> Any:
         (crossing,) = tuple(self.head(*inputs))
         restored = getattr(self, DECODER)(getattr(self, ENCODER)(crossing))
         out = self.tail(restored)
@@ -95,21 +95,6 @@ class _Bottlenecked(nn.Module):
         if self.output_names == ("output",):
             return outs[0]
         return dict(zip(self.output_names, outs))  # named as the original's outputs
-
-
-def _bottlenecked(sm: SplitModel, head: nn.Module, encoder: nn.Module, decoder: nn.Module,
-                  tail: nn.Module) -> _Bottlenecked:
-    """A _Bottlenecked whose forward takes ``sm``'s inputs by their names."""
-    names = [s.name for s in sm.input_specs]
-    if not all(n.isidentifier() and not keyword.iskeyword(n) and n not in ("self", "run")
-               for n in names) or len(set(names)) != len(names):
-        names = [f"input{i}" for i in range(len(names))]
-    args = ", ".join(names)
-    namespace: dict[str, Any] = {}
-    exec(f"def forward(self, {args}):\n    return self.run({args})\n", namespace)
-    cls = type("Bottlenecked", (_Bottlenecked,), {"forward": namespace["forward"]})
-    module: _Bottlenecked = cls(head, encoder, decoder, tail, [s.name for s in sm.output_specs])
-    return module
 
 
 _Layer = nn.Conv2d | nn.Linear
@@ -291,9 +276,12 @@ def train_bottleneck(sm: SplitModel, cut_id: int | str, inputs: Sequence[Sequenc
     decoder.eval()
     for w in params:
         w.requires_grad_(False)
-    model = _bottlenecked(sm, head_gm, encoder, decoder, tail_gm).eval()
+    model = _Bottlenecked(head_gm, encoder, decoder, tail_gm,
+                          [s.name for s in sm.output_specs]).eval()
+    names = [s.name for s in sm.input_specs]
     new = partition(model, sm.example_inputs, name=sm.name, capture="export",
-                    max_cut_tensors=sm.max_cut_tensors)
+                    max_cut_tensors=sm.max_cut_tensors,
+                    input_names=names if usable_input_names(names) else None)
     new_cut = _encoder_cut(new, channels, axis)
     return new, BottleneckReport(
         cut_id=cut.id, cut_name=cut.name, channels_in=c_in, channels=channels,

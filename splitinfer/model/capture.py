@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # torch.export is imported lazily: it is slow and only export
     from torch.export import ExportedProgram
 
 __all__ = ["Captured", "capture_model", "serialize_program", "deserialize_program",
-           "example_batches"]
+           "example_batches", "usable_input_names"]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,13 @@ class _Flatten(nn.Module):
         return tuple(pytree.tree_leaves(self.model(*args)))
 
 
+def usable_input_names(names: Sequence[str]) -> bool:
+    """Whether ``names`` can name a captured graph's inputs: distinct Python identifiers, no
+    keyword, none of the wrapper's own ("self", "model")."""
+    return all(isinstance(n, str) and n.isidentifier() and not keyword.iskeyword(n)
+               and n not in ("self", "model") for n in names) and len(set(names)) == len(names)
+
+
 def _input_names(model: nn.Module, count: int) -> list[str]:
     """The model's own names for its first ``count`` positional inputs, where it has them."""
     try:
@@ -55,14 +62,20 @@ def _input_names(model: nn.Module, count: int) -> list[str]:
         params = []
     names = [p.name for p in params[:count]]
     names += [f"input{i}" for i in range(len(names), count)]
-    ok = all(n.isidentifier() and not keyword.iskeyword(n) and n not in ("self", "model")
-             for n in names) and len(set(names)) == count
-    return names if ok else [f"input{i}" for i in range(count)]
+    return names if usable_input_names(names) else [f"input{i}" for i in range(count)]
 
 
-def _flatten_wrapper(model: nn.Module, count: int) -> _Flatten:
-    """A wrapper whose forward takes exactly ``count`` named tensors (export and fx need that)."""
-    names = ", ".join(_input_names(model, count))
+def _flatten_wrapper(model: nn.Module, count: int, input_names: Sequence[str] | None = None
+                     ) -> _Flatten:
+    """A wrapper whose forward takes exactly ``count`` named tensors (export and fx need that),
+    named ``input_names`` when given, else by the model's own forward signature."""
+    if input_names is not None:
+        input_names = list(input_names)
+        if len(input_names) != count or not usable_input_names(input_names):
+            raise PartitionError(
+                f"input_names {input_names!r}: expected {count} distinct Python identifiers "
+                "(one per example input; not a keyword, 'self' or 'model')")
+    names = ", ".join(input_names if input_names is not None else _input_names(model, count))
     namespace: dict[str, Any] = {}
     exec(f"def forward(self, {names}):\n    return self.call({names})\n", namespace)
     cls = type("SplitWrapper", (_Flatten,), {"forward": namespace["forward"]})
@@ -195,8 +208,10 @@ def _describe_export_failure(exc: BaseException) -> str:
 
 
 def capture_model(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], *,
-                  dynamic_shapes: Any = None, method: str = "auto") -> Captured:
-    """Capture ``model`` with torch.export (or torch.fx when export fails and method allows)."""
+                  dynamic_shapes: Any = None, method: str = "auto",
+                  input_names: Sequence[str] | None = None) -> Captured:
+    """Capture ``model`` with torch.export (or torch.fx when export fails and method allows).
+    ``input_names`` names the graph's inputs (default: ``model.forward``'s parameters)."""
     if method not in ("auto", "export", "fx"):
         raise PartitionError(f"capture method {method!r} unknown; use 'auto', 'export' or 'fx'")
     if not isinstance(model, nn.Module):
@@ -205,7 +220,7 @@ def capture_model(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], *,
         raise PartitionError("example_inputs must be a non-empty tuple of tensors, got "
                              f"{[type(x).__name__ for x in example_inputs]}")
     model.eval()
-    wrapper = _flatten_wrapper(model, len(example_inputs)).eval()
+    wrapper = _flatten_wrapper(model, len(example_inputs), input_names).eval()
     (args,) = example_batches(example_inputs, [2])  # batch 2: export would specialize 1
     names = _output_names(wrapper.model, args)
     export_error = None

@@ -298,7 +298,8 @@ class SplitModel:
 def partition(model: nn.Module, example_inputs: Sequence[torch.Tensor] | torch.Tensor, *,
               name: str | None = None, dynamic_shapes: Any = None, capture: str = "auto",
               max_cut_tensors: int = DEFAULT_MAX_CUT_TENSORS,
-              image_input: ImageInput | None = None) -> SplitModel:
+              image_input: ImageInput | None = None,
+              input_names: Sequence[str] | None = None) -> SplitModel:
     """Capture ``model`` and list its cuts.
 
     ``example_inputs``: one tensor per model input, dim 0 the batch dim (any size ≥ 1).
@@ -307,6 +308,8 @@ def partition(model: nn.Module, example_inputs: Sequence[torch.Tensor] | torch.T
     ``image_input``: the model takes one image; the split model takes it as uint8 frames
     (N, H, W, C) and normalizes them in its graph (see :mod:`splitinfer.model.preprocess`).
     The example is then the model's own float input (N, C, H, W), or uint8 frames.
+    ``input_names``: one name per input (Python identifiers) for the bundle's input specs;
+    default: the parameter names of ``model.forward``, else ``input0``, ``input1``...
     """
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
@@ -320,7 +323,7 @@ def partition(model: nn.Module, example_inputs: Sequence[torch.Tensor] | torch.T
         wrapped, example_inputs = _image_model(model, example_inputs, image_input)
     try:
         captured = capture_model(wrapped, example_inputs, dynamic_shapes=dynamic_shapes,
-                                 method=capture)
+                                 method=capture, input_names=input_names)
         sm = SplitModel(captured, example_inputs, name=name, max_cut_tensors=max_cut_tensors,
                         image_input=image_input)
     finally:

@@ -111,6 +111,38 @@ def test_multiple_inputs_and_dict_outputs_are_named():
     assert sm.cuts[0].tensors[1].dtype == "int64"
 
 
+def test_input_names_override_the_forward_signature():
+    """input_names names the bundle's inputs (and the head's arguments) whatever forward calls
+    them; a model taking *args gets them too."""
+    torch.manual_seed(0)
+    x = (torch.randn(1, 6, 4), torch.ones(1, 6, dtype=torch.int64))
+    model = TwoInTwoOut().eval()
+    sm = splitinfer.partition(model, x, input_names=["tokens_f", "attn"])
+    assert [s.name for s in sm.input_specs] == ["tokens_f", "attn"]
+    assert [s.name for s in sm.output_specs] == ["hidden", "logits"]
+    with torch.no_grad():
+        want = model(*x)["logits"]
+        assert torch.equal(sm(*x)[1], want)  # outputs flattened: hidden, logits
+
+    class Star(nn.Module):
+        def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+            return xs[0] * 2
+
+    assert [s.name for s in splitinfer.partition(Star(), torch.ones(1, 3)).input_specs] \
+        == ["input0"]
+    assert [s.name for s in splitinfer.partition(Star(), torch.ones(1, 3),
+                                                 input_names=["frame"]).input_specs] == ["frame"]
+
+
+@pytest.mark.parametrize("names", [["a b", "m"], ["x", "x"], ["x"], ["x", "class"],
+                                   ["self", "m"], ["x", 3]])
+def test_bad_input_names_are_refused_by_name(names):
+    x = (torch.randn(1, 6, 4), torch.ones(1, 6, dtype=torch.int64))
+    with pytest.raises(PartitionError, match="input_names .*expected 2 distinct Python "
+                                             "identifiers"):
+        splitinfer.partition(TwoInTwoOut().eval(), x, input_names=names)
+
+
 def test_fingerprint_identical_for_identical_models_and_changes_with_weights():
     x = (torch.randn(1, 16),)
     a = splitinfer.partition(Chain.__new__(Chain).__class__().eval(), x)  # different init
