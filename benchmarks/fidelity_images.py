@@ -131,17 +131,17 @@ def early_cuts(sm: Any, inputs: Sequence[torch.Tensor], n: int,
     model. The preprocessing's cuts carry the frame's values again (one tensor of as many
     elements): only the last (the normalized frame, what a float-input model is sent) is kept,
     then ``n - 1`` cuts spread evenly over the rest, first and last included."""
-    per_frame = _numel(sm.cuts[0].tensors[0].shape)
+    per_frame = numel_per_sample(sm.cuts[0].tensors[0].shape)
     early = [c for c in sm.cuts[1:] if c.head_flops_fraction <= max_flops
              and any(t.dtype.startswith(("float", "bfloat")) for t in c.tensors)
              and all(t.shape and t.shape[0] == DYNAMIC for t in c.tensors)]
-    frame = [c for c in early if len(c.tensors) == 1 and _numel(c.tensors[0].shape) == per_frame]
+    frame = [c for c in early if len(c.tensors) == 1 and numel_per_sample(c.tensors[0].shape) == per_frame]
     rest = [c for c in early if c not in frame]
     picks = (frame[-1:] + spread(rest, n - len(frame[-1:])))[:max(n, 0)] if n > 0 else []
     return usable_cuts(sm, picks, inputs)
 
 
-def _numel(shape: Sequence[int]) -> int:
+def numel_per_sample(shape: Sequence[int]) -> int:
     """Elements per sample of a spec shape (dim 0 is the batch)."""
     return int(np.prod([abs(int(d)) for d in shape[1:]]))
 

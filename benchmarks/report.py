@@ -32,6 +32,7 @@ REPORT = ROOT / "benchmarks" / "report"
 BENCHMARKS: dict[str, tuple[str, tuple[str, ...]]] = {
     "codecs": ("benchmarks.codecs", ()),
     "fidelity": ("benchmarks.fidelity", ()),
+    "feature_floor": ("benchmarks.feature_floor", ()),
     "edge": ("benchmarks.edge", ()),
     "peer": ("benchmarks.peer", ()),
     "client_stream": ("benchmarks.client_stream", ()),
@@ -205,6 +206,28 @@ def _fidelity_images(images: dict[str, Any] | None) -> list[str]:
                         [[w, r["codec"], k, r["relerr_median"], r["relerr_p95"], r["cos_mean"],
                           r["cos_min"]] for w, k, r in zip(where, spread, rows)])
     return lines + _plot("fidelity images", "fidelity_images")
+
+
+def section_feature_floor(d: dict[str, Any]) -> list[str]:
+    """Two probes past the shipped codecs at the smallest early cut of each random-weight image
+    model: channel planes as one JPEG, and the channels' top principal components (KLT)."""
+    m = d["meta"]
+    lines = [f"Could a better post-training codec beat the frame's JPEG at an early cut? "
+             f"{m['frames']} real frames, {m['weights']}; `planes-jpeg-qN`: every channel on "
+             "its own 0..255 range, tiled into one grey JPEG (spatial redundancy); `klt-K`: the "
+             "top K principal components of the channels, fitted on the other photo's frames "
+             f"({m['folds']}), sent with ecq (channel redundancy; the components are not "
+             "counted). Not shipped codecs: bounds on what one could add.", ""]
+    for name, info in d["models"].items():
+        b = info["best_within_jpeg_error"]
+        lines += _table(["cut", "codec", "KB/frame median", "rel. error median",
+                         "rel. error p95"],
+                        [[f"{r['cut']} {r['cut_name']}", r["codec"], r["kb_median"],
+                          r["relerr_median"], r["relerr_p95"]] for r in info["rows"]])
+        lines += [f"{name}: fewest bytes at no more median error than JPEG q90: "
+                  + (f"**{b['ratio_to_jpeg']:.2f}x** its bytes ({b['codec']} at cut {b['cut']} "
+                     f"{b['cut_name']}, {b['kb']:.2f} KB)." if b else "none."), ""]
+    return lines
 
 
 def section_edge(d: dict[str, Any]) -> list[str]:
@@ -393,6 +416,8 @@ def section_planner(d: dict[str, Any]) -> list[str]:
 SECTIONS: dict[str, tuple[str, Callable[[dict[str, Any]], list[str]]]] = {
     "codecs": ("Codecs: bytes and speed", section_codecs),
     "fidelity": ("Fidelity: what lossy codecs cost in accuracy", section_fidelity),
+    "feature_floor": ("Feature floor: can an early cut go under the JPEG?",
+                      section_feature_floor),
     "edge": ("Edge node: batching throughput and overhead", section_edge),
     "peer": ("Edge node vs KServe's ModelServer, over grpcio's floor", section_peer),
     "client_stream": ("Device client: stream() vs infer()", section_client),

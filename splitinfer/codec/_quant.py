@@ -19,7 +19,8 @@ from splitinfer.core.errors import CodecError
 __all__ = [
     "F16_MAX", "BF16_MAX", "MIN_CHANNEL_ELEMENTS", "choose_axis", "to_float32",
     "f32_to_f16", "f32_to_bf16", "bf16_to_f32", "quantize", "dequantize", "pack", "unpack",
-    "packed_nbytes", "snr_step", "quantize_step",
+    "packed_nbytes", "snr_step", "quantize_step", "channels_pay", "quantize_layout",
+    "CHANNEL_PARAM_BITS",
 ]
 
 F16_MAX = 65504.0
@@ -35,6 +36,8 @@ _F32_TINY = np.float32(np.finfo(np.float32).tiny)
 #: Fewer elements per channel than this and per-channel params (5 bytes each) cost more than
 #: they save: quantize the whole tensor with one scale.
 MIN_CHANNEL_ELEMENTS = 16
+#: Bits one channel's parameters take on the wire: a float32 scale and a zero-point byte.
+CHANNEL_PARAM_BITS = 40
 
 
 def _first_bad(mask: np.ndarray, x: np.ndarray) -> str:
@@ -170,12 +173,62 @@ def quantize(x: np.ndarray, axis: int | None, what: str, bits: int = 8
     (post-ReLU) decode exactly. |x - x_hat| <= scale / 2 plus float32 rounding. Refuses
     NaN/inf: no scale can represent them. Codes stay one per byte here (``pack`` packs them).
     """
-    top = float((1 << bits) - 1)
     outer, chans, inner = _view3(x.shape, axis)
     if x.size == 0:
         return np.empty(x.shape, np.uint8), np.ones(chans, np.float32), np.zeros(chans, np.int64)
     x3 = x.reshape(outer, chans, inner)
     mn, mx = _channel_minmax(x3)
+    return _affine(x, x3, mn, mx, what, bits)
+
+
+def channels_pay(mn: np.ndarray | None, mx: np.ndarray, per_channel: int) -> bool:
+    """Whether one (scale, zero point) per channel is worth its bytes against one per tensor,
+    for channels of ``per_channel`` elements with (0-widened) ranges ``mn``..``mx``.
+
+    Rate-distortion at equal bits per element: a channel's rounding noise is proportional to
+    its step squared, so per-channel steps divide the tensor's noise by
+    D = C * span**2 / sum(span_c**2) (span: the whole tensor's range). Reaching the same noise
+    per tensor would take log2(D) / 2 more bits on every one of the N elements; the channels'
+    extra parameters cost CHANNEL_PARAM_BITS each for the C - 1 beyond the first. Per channel
+    when N * log2(D) / 2 exceeds (C - 1) * CHANNEL_PARAM_BITS. Small tensors whose channels
+    share a range (early-cut activations of a small CNN) go per tensor; hidden states with
+    outlier features, whose range one channel sets, keep their channels. The bit width does
+    not enter: at any width one more bit per element halves the step.
+    """
+    chans = mx.size
+    if chans <= 1:
+        return False
+    span = mx.astype(np.float64) if mn is None else mx.astype(np.float64) - mn
+    whole = float(span.max() if mn is None else mx.max() - float(mn.min()))
+    own = float(np.dot(span, span))
+    if own == 0.0:
+        return False  # every channel all zeros: one scale decodes them exactly
+    gain_bits = per_channel * chans * math.log2(chans * whole * whole / own) / 2.0
+    return gain_bits > (chans - 1) * CHANNEL_PARAM_BITS
+
+
+def quantize_layout(x: np.ndarray, axis: int | None, what: str, bits: int
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int | None]:
+    """``quantize`` on ``axis``, or on the whole tensor where ``channels_pay`` says the
+    per-channel parameters cost more than they save: (codes, scales, zero points, axis used).
+    One min/max pass either way (the tensor's range is the channels' ranges' hull)."""
+    if axis is None or x.size == 0:
+        return (*quantize(x, axis, what, bits), axis)
+    outer, chans, inner = _view3(x.shape, axis)
+    x3 = x.reshape(outer, chans, inner)
+    mn, mx = _channel_minmax(x3)
+    if channels_pay(mn, mx, outer * inner):
+        return (*_affine(x, x3, mn, mx, what, bits), axis)
+    # NaN propagates through min/max: _affine's check still sees it
+    lo = None if mn is None else mn.min(keepdims=True)
+    return (*_affine(x, x.reshape(1, 1, -1), lo, mx.max(keepdims=True), what, bits), None)
+
+
+def _affine(x: np.ndarray, x3: np.ndarray, mn: np.ndarray | None, mx: np.ndarray, what: str,
+            bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``quantize``'s codes for x3 (outer, chans, inner) = x, given its per-channel ranges."""
+    top = float((1 << bits) - 1)
+    chans = x3.shape[1]
     if not np.isfinite(mx).all() or (mn is not None and not np.isfinite(mn).all()):
         raise CodecError(f"{what}: int{bits} cannot encode NaN/inf: "
                          f"{_first_bad(~np.isfinite(x), x)} are not finite; use fp16, bf16 or "

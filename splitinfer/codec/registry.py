@@ -21,9 +21,12 @@ What each codec stores (little-endian, C order)
           |x - x_hat| <= scale / 2, plus float32 rounding (see ``error_bound``).
     int4  the same with 16 levels (codes 0..15, scale = range / 15), packed two codes a byte,
           the first in the low nibble; int2: 4 levels (0..3), four codes a byte, the first in
-          the lowest bits. The last byte's unused bits are 0 (decode refuses others). Sub-byte
-          codecs are opt-in: profiles and plans leave them out unless asked (their error is
-          large enough that choosing them needs a fidelity budget, not bytes alone).
+          the lowest bits. Their (scale, zp) go per tensor (axis None) instead of per channel
+          where the channels' parameters would cost more bytes than the finer steps save
+          (``_quant.channels_pay``: small tensors whose channels share a range). The last
+          byte's unused bits are 0 (decode refuses others). Sub-byte codecs are opt-in:
+          profiles and plans leave them out unless asked (their error is large enough that
+          choosing them needs a fidelity budget, not bytes alone).
     ecq   entropy-coded quantization, an encoder over int8+zstd's wire format: ONE step for the
           whole tensor, from a target signal-to-noise ratio (the rounding noise, step**2 / 12,
           sits snr_db under the tensor's mean square), widened where needed so that every
@@ -190,8 +193,10 @@ def _from_float32(x: np.ndarray, dtype: str) -> np.ndarray:
     return x.astype(_NP_DTYPES[dtype])
 
 
-def _to_storage(base: str, arr: np.ndarray, dtype: str, what: str
+def _to_storage(base: str, arr: np.ndarray, dtype: str, what: str, snr_db: int | None = None
                 ) -> tuple[np.ndarray, dict[str, Any]]:
+    """(stored array, EncodedTensor params) of ``arr`` under ``base``; ``snr_db`` set: ecq's
+    step quantizer (base is int8 then)."""
     if base == "raw" or dtype == _FORMATS[base].native:
         return arr, {}
     if base == "fp16" and dtype == "float64":
@@ -203,9 +208,15 @@ def _to_storage(base: str, arr: np.ndarray, dtype: str, what: str
         return _quant.f32_to_f16(x, what), {}
     if base == "bf16":
         return _quant.f32_to_bf16(x, what), {}
+    if snr_db is not None:  # ecq: one step for the tensor, int8's codes
+        codes, step, zp = _quant.quantize_step(x, float(snr_db), what)
+        return codes, {"scales": (step,), "zero_points": (zp,), "axis": None}
     bits = _QUANT_BITS[base]
     axis = _quant.choose_axis(x.shape)
-    codes, scales, zps = _quant.quantize(x, axis, what, bits)
+    if bits < 8:  # per tensor where the channels' params would cost more than they save
+        codes, scales, zps, axis = _quant.quantize_layout(x, axis, what, bits)
+    else:
+        codes, scales, zps = _quant.quantize(x, axis, what, bits)
     codes = _quant.pack(codes, bits)
     zero_points = tuple(zps.tolist()) if zps.any() else (0,) * len(zps)  # post-ReLU: fast
     return codes, {"scales": tuple(scales.tolist()), "zero_points": zero_points, "axis": axis}
@@ -301,17 +312,9 @@ class Codec:
             return EncodedTensor(name=name, dtype=src, shape=tuple(int(d) for d in arr.shape),
                                  codec=self.base,
                                  payload=_image.encode(arr, self.base, self.quality, what))
-        if self.base == _ECQ:
-            base = _stored_base("int8", src)
-            if base == "int8":
-                x = _quant.to_float32(arr, src, what)
-                stored, step, zp = _quant.quantize_step(x, float(self.snr_db or 0), what)
-                params: dict[str, Any] = {"scales": (step,), "zero_points": (zp,), "axis": None}
-            else:
-                stored, params = _to_storage(base, arr, src, what)
-        else:
-            base = _stored_base(self.base, src)
-            stored, params = _to_storage(base, arr, src, what)
+        ecq = self.base == _ECQ
+        base = _stored_base("int8" if ecq else self.base, src)
+        stored, params = _to_storage(base, arr, src, what, self.snr_db if ecq else None)
         flat = np.ascontiguousarray(stored).reshape(-1).view(np.uint8)
         if self.zstd_level is not None:
             payload, codec = _zstd.compress(flat.data, self.zstd_level), base + "+zstd"

@@ -523,6 +523,49 @@ def test_sub_byte_post_relu_zeros_stay_exact(name):
     assert len(enc.payload) < len(get_codec("int8+zstd").encode(x).payload)
 
 
+@pytest.mark.parametrize("name, bits", [("int4+zstd", 4), ("int2+zstd", 2)])
+def test_sub_byte_goes_per_tensor_where_channel_params_cost_more(name, bits):
+    """A small post-ReLU activation whose channels share a range (a small CNN's early cut): 32
+    channels' params (160 bytes) outweigh what finer steps save, so one (scale, zp) is used,
+    the wire bytes are fewer than per channel's, and the error stays within half a step."""
+    from splitinfer.codec import _quant, _zstd
+
+    x = np.maximum(_rng(7).normal(size=(1, 32, 8, 8)), 0).astype(np.float32)
+    enc = get_codec(name).encode(x)
+    assert enc.axis is None and len(enc.scales) == len(enc.zero_points) == 1
+    assert np.abs(decode(enc) - x).max() <= enc.scales[0] * 0.5 * (1 + 1e-4)
+    _assert_within_bound(x, decode(enc), enc)
+    codes, scales, _ = _quant.quantize(x, 1, "x", bits)
+    per_channel = len(_zstd.compress(_quant.pack(codes, bits).tobytes())) + 5 * len(scales)
+    assert encoded_nbytes(enc) < per_channel
+
+
+def test_sub_byte_keeps_channels_where_one_sets_the_range():
+    """Hidden states with an outlier feature: one scale would spend the 16 levels on that one
+    feature's range, so the per-feature params pay and stay."""
+    h = _rng(8).normal(size=(1, 20, 384)).astype(np.float32)
+    h[..., 7] *= 40
+    enc = get_codec("int4+zstd").encode(h)
+    assert enc.axis == 2 and len(enc.scales) == 384
+    flat = get_codec("int4+zstd").encode(_rng(8).normal(size=(1, 20, 384)).astype(np.float32))
+    assert flat.axis is None  # the same shape without the outlier: one scale
+
+
+def test_channels_pay_threshold():
+    """Two channels, ranges 1 and 0: per-channel steps halve the noise (log2 D = 1), worth n / 2
+    bits on each of 2n elements against one more channel's 40 bits of params: pays from
+    n = 41 elements per channel."""
+    from splitinfer.codec._quant import CHANNEL_PARAM_BITS, channels_pay
+
+    mx = np.array([1.0, 0.0], np.float32)
+    assert CHANNEL_PARAM_BITS == 40
+    assert channels_pay(None, mx, 41) and not channels_pay(None, mx, 40)
+    assert channels_pay(np.array([-1.0, 0.0], np.float32), np.array([0.0, 0.0], np.float32),
+                        41)  # the same with the range below 0
+    assert not channels_pay(None, np.zeros(8, np.float32), 10**6)  # all zeros: one scale
+    assert not channels_pay(None, np.array([5.0], np.float32), 10**6)  # one channel
+
+
 def test_sub_byte_codecs_are_opt_in_for_profiles():
     """Profiles (and so plans) measure them only when named: they trade too much error to be
     picked on bytes alone."""

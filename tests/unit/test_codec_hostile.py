@@ -288,17 +288,20 @@ def test_long_hostile_names_are_cut_in_messages(int8_enc):
 
 @pytest.fixture(params=[("int4", 4), ("int2", 2)], ids=["int4", "int2"])
 def packed_enc(request) -> tuple[EncodedTensor, int]:
-    """An int4 / int2 tensor of 1x4x4x5, per channel (80 codes: int4 fills 40 bytes exactly,
-    int2 20), and its bits per code."""
-    x = np.random.default_rng(3).normal(size=(1, 4, 4, 5)).astype(np.float32)
+    """An int4 / int2 tensor of 1x4x8x10, per channel (320 codes: int4 fills 160 bytes exactly,
+    int2 80), and its bits per code."""
+    x = np.random.default_rng(3).normal(size=(1, 4, 8, 10)) * np.array([1, 4, 16, 64]
+                                                                      ).reshape(1, 4, 1, 1)
     name, bits = request.param
-    return get_codec(name).encode(x, "act"), bits
+    enc = get_codec(name).encode(x.astype(np.float32), "act")
+    assert enc.axis == 1  # channel ranges far apart: per-channel params pay for themselves
+    return enc, bits
 
 
 @pytest.mark.parametrize("delta", [-1, 1])
 def test_packed_payload_of_the_wrong_length(packed_enc, delta):
     enc, bits = packed_enc
-    need = 80 * bits // 8
+    need = 320 * bits // 8
     payload = enc.payload[:delta] if delta < 0 else enc.payload + b"\x00"
     _refuses(replace(enc, payload=payload), f"payload is {need + delta} bytes.*exactly {need}")
 
@@ -308,7 +311,7 @@ def test_packed_zero_point_past_the_last_code(packed_enc):
     top = (1 << bits) - 1
     _refuses(replace(enc, zero_points=(top + 1,) * 4),
              f"zero points must be ints in \\[0, {top}\\] for int{bits}")
-    assert decode(replace(enc, zero_points=(top,) * 4)).shape == (1, 4, 4, 5)  # the top is fine
+    assert decode(replace(enc, zero_points=(top,) * 4)).shape == (1, 4, 8, 10)  # the top is fine
 
 
 @pytest.mark.parametrize("codec, count, last, match", [

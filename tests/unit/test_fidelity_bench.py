@@ -201,6 +201,94 @@ def test_measure_digit_frames_lossless_rows_exact():
     assert not [r for r in rows if "error" in r]
 
 
+# -- benchmarks.feature_floor --------------------------------------------------------------------
+def test_feature_floor_planes_jpeg_keeps_each_channels_range():
+    """Channel planes with ranges 1000x apart: each comes back within a few % of its own range
+    (the per-channel scaling), a lower quality sends fewer bytes, and 8 bytes per channel of
+    ranges are counted."""
+    from benchmarks import feature_floor
+
+    yy, xx = np.mgrid[0:24, 0:24].astype(np.float32)
+    f = np.stack([np.sin(xx / 4 + k) * np.cos(yy / 5) * s for k, s in enumerate((0.01, 1, 10))])
+    back, nbytes = feature_floor.planes_jpeg(f, 95)
+    assert back.shape == f.shape and nbytes > 8 * 3
+    span = f.max(axis=(1, 2)) - f.min(axis=(1, 2))
+    assert (np.abs(back - f).max(axis=(1, 2)) <= 0.05 * span).all()
+    assert feature_floor.planes_jpeg(f, 30)[1] < nbytes
+
+
+def test_feature_floor_klt_components():
+    """Every component: only ecq's rounding (24 dB: ~6 % relative); one of four independent
+    channels: most of the tensor is gone."""
+    from benchmarks import feature_floor
+
+    feats = np.random.default_rng(0).normal(size=(3, 4, 8, 8)).astype(np.float32)
+    mean, comps = feature_floor.klt_fit(feats)
+    assert comps.shape == (4, 4) and np.allclose(comps @ comps.T, np.eye(4), atol=1e-9)
+
+    def rel(k: int) -> float:
+        back, nbytes = feature_floor.klt_code(feats[0], mean, comps[:k])
+        assert back.shape == feats[0].shape and nbytes > 0
+        return float(np.linalg.norm(back - feats[0]) / np.linalg.norm(feats[0]))
+
+    assert rel(4) < 0.1 and rel(1) > 0.4
+
+
+@pytest.mark.slow
+def test_feature_floor_rows_on_digit_frames():
+    """The whole probe on 4 real digit frames through an untrained CNN: its smallest early cut
+    (the first pooling), the JPEG baseline first, every probe row there, and the best in budget
+    consistent with the rows."""
+    pytest.importorskip("sklearn")
+    from benchmarks import feature_floor
+
+    torch.manual_seed(0)
+    x = torch.from_numpy(fidelity_images.digit_frames()[0][:4])
+    sm = fidelity_images.partition_frames(fidelity_images.FrameDigitsCNN().eval(), x[:1], "d")
+    [cut] = feature_floor.smallest_cuts(sm, x)
+    assert cut.tensors[0].shape[1:] == (16, 16, 16)
+    with torch.no_grad():
+        res = feature_floor.model_rows(sm, "d", x, [np.arange(2), np.arange(2, 4)])
+    rows = res["rows"]
+    assert rows[0]["cut"] == 0 and rows[0]["codec"] == "jpeg"
+    codecs = [r["codec"] for r in rows[1:]]
+    assert codecs == ["int8+zstd", "ecq"] + [f"planes-jpeg-q{q}" for q in
+                                             feature_floor.PLANE_QUALITIES] \
+        + [f"klt-{k}" for k in (8, 16)]  # 16 channels: klt-32 is klt-16
+    assert {r["cut"] for r in rows[1:]} == {cut.id}
+    ok = [r for r in rows[1:] if r["relerr_median"] <= rows[0]["relerr_median"]]
+    best = res["best_within_jpeg_error"]
+    if ok:
+        low = min(ok, key=lambda r: r["kb_median"])
+        assert best["codec"] == low["codec"]
+        assert best["ratio_to_jpeg"] == round(low["kb_median"] / rows[0]["kb_median"], 3)
+    else:
+        assert best is None
+
+
+def test_feature_floor_report_section():
+    from benchmarks import report
+
+    row = {"cut": 9, "cut_name": "maxpool", "codec": "klt-8", "kb_median": 5.5,
+           "relerr_median": 0.09, "relerr_p95": 0.2}
+    data = {"meta": {"frames": 18, "weights": "random", "folds": "a / b"},
+            "models": {"m1": {"rows": [row], "best_within_jpeg_error": {
+                "codec": "klt-8", "cut": 9, "cut_name": "maxpool", "kb": 5.5,
+                "ratio_to_jpeg": 0.38}},
+                "m2": {"rows": [row], "best_within_jpeg_error": None}}}
+    text = "\n".join(report.section_feature_floor(data))
+    assert "| 9 maxpool | klt-8 | 5.5 |" in text
+    assert "m1: fewest bytes at no more median error than JPEG q90: **0.38x**" in text
+    assert "m2: fewest bytes at no more median error than JPEG q90: none." in text
+
+
+def test_feature_floor_refuses_bad_frame_count():
+    from benchmarks import feature_floor
+
+    with pytest.raises(SystemExit):
+        feature_floor.main(["--frames", "1"])
+
+
 # -- benchmarks.codecs: frames group -------------------------------------------------------------
 def test_pixel_psnr_known_values():
     frame = np.full((2, 2, 3), 100, np.uint8)
