@@ -16,9 +16,9 @@ exploit, each at its most favourable:
 - ``klt-K`` (channel redundancy): the cut's channels projected on their top K principal
   components (the Karhunen-Loeve transform, the best linear K-channel map for the tensor's
   squared error; K at most the channel count, where it only decorrelates them), then sent with
-  ``ecq`` (24 dB). The components are fitted on the OTHER
-  photo's frames (two folds: china.jpg's 9 crops and flower.jpg's 9) and would be stored with
-  the bundle: their bytes are not counted.
+  ``ecq`` (24 dB). The components are fitted on the OTHER photo's frames (two folds:
+  china.jpg's 9 crops and flower.jpg's 9; with ``--frames`` under 18, the first and second
+  half) and would be stored with the bundle: their bytes are not counted.
 
 Output error: relative L2 of the logits against the unsplit model on the original frame, as in
 ``fidelity_images``. Each model is probed at its early cut (past the preprocessing) whose one
@@ -102,7 +102,8 @@ def smallest_cuts(sm: Any, x: torch.Tensor) -> list[Any]:
     and the last of them when several tie (ResNet-18: its max-pool and layer1's outputs)."""
     cuts, _ = early_cuts(sm, (x,), len(sm.cuts))  # every early cut
     frame = numel_per_sample(sm.cuts[0].tensors[0].shape)
-    single = [c for c in cuts if len(c.tensors) == 1 and numel_per_sample(c.tensors[0].shape) != frame]
+    single = [c for c in cuts
+              if len(c.tensors) == 1 and numel_per_sample(c.tensors[0].shape) != frame]
     least = min(c.nbytes_per_sample for c in single)
     ties = [c for c in single if c.nbytes_per_sample == least]
     return [ties[0]] if len(ties) == 1 else [ties[0], ties[-1]]
@@ -167,7 +168,8 @@ def run(n_frames: int) -> dict[str, Any]:
     folds = [np.arange(0, half), np.arange(half, n_frames)]
     x = torch.from_numpy(frames)
     out: dict[str, Any] = {"meta": {"frames": n_frames, "weights": "random (torchvision, seed 0,"
-                                    " eval)", "folds": "china.jpg / flower.jpg",
+                                    " eval)", "folds": "china.jpg / flower.jpg"
+                                    if n_frames == 18 else "first half / second half",
                                     "beat_ratio": BEAT_RATIO}, "models": {}}
     with torch.no_grad():
         for name, model in image_models():

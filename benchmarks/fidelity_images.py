@@ -135,7 +135,8 @@ def early_cuts(sm: Any, inputs: Sequence[torch.Tensor], n: int,
     early = [c for c in sm.cuts[1:] if c.head_flops_fraction <= max_flops
              and any(t.dtype.startswith(("float", "bfloat")) for t in c.tensors)
              and all(t.shape and t.shape[0] == DYNAMIC for t in c.tensors)]
-    frame = [c for c in early if len(c.tensors) == 1 and numel_per_sample(c.tensors[0].shape) == per_frame]
+    frame = [c for c in early
+             if len(c.tensors) == 1 and numel_per_sample(c.tensors[0].shape) == per_frame]
     rest = [c for c in early if c not in frame]
     picks = (frame[-1:] + spread(rest, n - len(frame[-1:])))[:max(n, 0)] if n > 0 else []
     return usable_cuts(sm, picks, inputs)
