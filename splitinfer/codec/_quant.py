@@ -199,7 +199,7 @@ def channels_pay(mn: np.ndarray | None, mx: np.ndarray, per_channel: int) -> boo
     if chans <= 1:
         return False
     span = mx.astype(np.float64) if mn is None else mx.astype(np.float64) - mn
-    whole = float(span.max() if mn is None else mx.max() - float(mn.min()))
+    whole = float(mx.max()) - (0.0 if mn is None else float(mn.min()))  # float64: no overflow
     own = float(np.dot(span, span))
     if own == 0.0:
         return False  # every channel all zeros: one scale decodes them exactly

@@ -562,6 +562,8 @@ def test_channels_pay_threshold():
     assert channels_pay(None, mx, 41) and not channels_pay(None, mx, 40)
     assert channels_pay(np.array([-1.0, 0.0], np.float32), np.array([0.0, 0.0], np.float32),
                         41)  # the same with the range below 0
+    big_lo, big_hi = np.array([-3e38, 0.0], np.float32), np.array([3e38, 0.0], np.float32)
+    assert channels_pay(big_lo, big_hi, 41) and not channels_pay(big_lo, big_hi, 40)  # no inf
     assert not channels_pay(None, np.zeros(8, np.float32), 10**6)  # all zeros: one scale
     assert not channels_pay(None, np.array([5.0], np.float32), 10**6)  # one channel
 
