@@ -131,14 +131,21 @@ def test_edge_only_jpeg_is_planned_and_is_the_baseline_to_beat(setup, tmp_path, 
     assert speedup > 1 and f"{speedup:.2f}x" in printed[printed.index("baselines"):]
 
 
+def _budget_keeps_then_drops_jpeg(root, device_json, out, args, flag, keeps, drops):
+    """Plan into ``out`` with ``flag keeps`` (JPEG at cut 0 is chosen), then ``flag drops``:
+    that plan."""
+    assert _plan_with(root, device_json, *args, flag, keeps) == 0
+    assert json.loads((out / "plan.json").read_text())["codec"] == "jpeg"
+    assert _plan_with(root, device_json, *args, flag, drops) == 0
+    return json.loads((out / "plan.json").read_text())
+
+
 def test_min_agreement_reaches_the_planner(setup, tmp_path, capsys):
     root, _ = setup
     device_json = _with_jpeg(root, tmp_path, agreement=0.9)
     args = ("--bandwidth", "100mbit", "--rtt", "1ms", "-o", str(tmp_path), "--no-plot")
-    assert _plan_with(root, device_json, *args, "--min-agreement", "0.9") == 0
-    assert json.loads((tmp_path / "plan.json").read_text())["codec"] == "jpeg"
-    assert _plan_with(root, device_json, *args, "--min-agreement", "0.95") == 0
-    plan = json.loads((tmp_path / "plan.json").read_text())
+    plan = _budget_keeps_then_drops_jpeg(root, device_json, tmp_path, args,
+                                         "--min-agreement", "0.9", "0.95")
     assert plan["codec"] is None  # nothing else was measured by a fidelity run
     assert any("jpeg at cut 0 (agreement 0.9)" in n and "not measured" in n
                for n in plan["notes"])
@@ -151,10 +158,8 @@ def test_max_accuracy_drop_reaches_the_planner_in_points(setup, tmp_path, capsys
     root, _ = setup
     device_json = _with_jpeg(root, tmp_path, accuracy_drop=0.004)
     args = ("--bandwidth", "100mbit", "--rtt", "1ms", "-o", str(tmp_path), "--no-plot")
-    assert _plan_with(root, device_json, *args, "--max-accuracy-drop", "0.5") == 0
-    assert json.loads((tmp_path / "plan.json").read_text())["codec"] == "jpeg"
-    assert _plan_with(root, device_json, *args, "--max-accuracy-drop", "0.3pt") == 0
-    plan = json.loads((tmp_path / "plan.json").read_text())
+    plan = _budget_keeps_then_drops_jpeg(root, device_json, tmp_path, args,
+                                         "--max-accuracy-drop", "0.5", "0.3pt")
     assert plan["codec"] != "jpeg"
     assert any("jpeg at cut 0 (accuracy drop 0.004)" in n for n in plan["notes"])
     # the issue's name for --max-codec-error
